@@ -1,0 +1,224 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/walrus-edge/walrus/storage"
+)
+
+// Config configures a node. The zero value of every field means its
+// default; defaults follow the original Walrus where it had the setting.
+type Config struct {
+	// NodeID identifies the node in the cluster. Default 1.
+	NodeID uint64
+	// DataDir is the root data directory; the node keeps everything in
+	// DataDir/node_<id>. Default "./data".
+	DataDir string
+
+	// RaftHost and RaftPort are where Raft and joins listen. Defaults
+	// 127.0.0.1 and 6000.
+	RaftHost string
+	RaftPort int
+	// RaftAdvertiseHost is the host other nodes dial. Default RaftHost (or
+	// 127.0.0.1 when RaftHost is a wildcard).
+	RaftAdvertiseHost string
+	// Join lists Raft addresses (host:port) of existing nodes. Empty: a new
+	// node bootstraps a one-node cluster.
+	Join []string
+
+	// ClientHost and ClientPort serve the native TCP protocol. Defaults
+	// 127.0.0.1 and 8080.
+	ClientHost string
+	ClientPort int
+	// MaxFrameBytes bounds a protocol frame. Default 65536.
+	MaxFrameBytes int
+
+	// NATSPort is the embedded NATS server's client port (default 4222) and
+	// NATSClusterPort its route port (default 6222). Both bind ClientHost.
+	NATSPort        int
+	NATSClusterPort int
+
+	// HTTPAddr serves /metrics, /healthz and /readyz. Empty disables it.
+	HTTPAddr string
+
+	// MaxSegmentEntries rolls a segment over when it holds this many
+	// entries (WALRUS_MAX_SEGMENT_ENTRIES). Default 1,000,000.
+	MaxSegmentEntries uint64
+	// MaxSegmentBytes rolls a segment over when it holds this many bytes.
+	// Default 256 MiB.
+	MaxSegmentBytes int64
+	// MonitorInterval is how often the rollover monitor checks the
+	// segments this node leads (WALRUS_MONITOR_CHECK_MS). Default 10s.
+	MonitorInterval time.Duration
+
+	// LeaseTimeout: a segment leader acknowledges appends only while it has
+	// heard from the Raft quorum within this time. Default 2s.
+	LeaseTimeout time.Duration
+	// FailoverTimeout: the Raft leader fails a segment over to another
+	// node when its leader has been unreachable this long. It must exceed
+	// LeaseTimeout by a margin for clock drift. Default 5s.
+	FailoverTimeout time.Duration
+	// HeartbeatInterval is how often a node reports to the Raft leader.
+	// Default 500ms.
+	HeartbeatInterval time.Duration
+	// RequestTimeout bounds one forwarded request. Default 5s.
+	RequestTimeout time.Duration
+
+	// RaftTiming overrides Raft's timeouts (tests). Zero means defaults.
+	RaftTiming RaftTiming
+
+	// Storage configures the segment store.
+	Storage storage.Options
+
+	// Logger receives the node's logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// RaftTiming holds Raft's timeouts; zero fields mean cluster defaults.
+type RaftTiming struct {
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
+}
+
+// Defaults.
+const (
+	DefaultDataDir           = "./data"
+	DefaultRaftPort          = 6000
+	DefaultClientPort        = 8080
+	DefaultNATSPort          = 4222
+	DefaultNATSClusterPort   = 6222
+	DefaultMaxFrameBytes     = 64 << 10
+	DefaultMaxSegmentEntries = 1_000_000
+	DefaultMaxSegmentBytes   = 256 << 20
+	DefaultMonitorInterval   = 10 * time.Second
+	DefaultLeaseTimeout      = 2 * time.Second
+	DefaultFailoverTimeout   = 5 * time.Second
+	DefaultHeartbeatInterval = 500 * time.Millisecond
+	DefaultRequestTimeout    = 5 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	if c.NodeID == 0 {
+		c.NodeID = 1
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.RaftHost == "" {
+		c.RaftHost = "127.0.0.1"
+	}
+	if c.RaftPort == 0 {
+		c.RaftPort = DefaultRaftPort
+	}
+	if c.RaftAdvertiseHost == "" {
+		c.RaftAdvertiseHost = c.RaftHost
+		if ip := net.ParseIP(c.RaftHost); ip != nil && ip.IsUnspecified() {
+			c.RaftAdvertiseHost = "127.0.0.1"
+		}
+	}
+	if c.ClientHost == "" {
+		c.ClientHost = "127.0.0.1"
+	}
+	if c.ClientPort == 0 {
+		c.ClientPort = DefaultClientPort
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if c.NATSPort == 0 {
+		c.NATSPort = DefaultNATSPort
+	}
+	if c.NATSClusterPort == 0 {
+		c.NATSClusterPort = DefaultNATSClusterPort
+	}
+	if c.MaxSegmentEntries == 0 {
+		c.MaxSegmentEntries = DefaultMaxSegmentEntries
+	}
+	if c.MaxSegmentBytes == 0 {
+		c.MaxSegmentBytes = DefaultMaxSegmentBytes
+	}
+	if c.MonitorInterval == 0 {
+		c.MonitorInterval = DefaultMonitorInterval
+	}
+	if c.LeaseTimeout == 0 {
+		c.LeaseTimeout = DefaultLeaseTimeout
+	}
+	if c.FailoverTimeout == 0 {
+		c.FailoverTimeout = DefaultFailoverTimeout
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// ErrInvalidConfig reports a Config that fails validation.
+var ErrInvalidConfig = errors.New("broker: invalid config")
+
+// Validate reports the first invalid setting (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	for name, port := range map[string]int{
+		"raft port": c.RaftPort, "client port": c.ClientPort,
+		"nats port": c.NATSPort, "nats cluster port": c.NATSClusterPort,
+	} {
+		if port < 0 || port > 65535 {
+			return bad("%s %d out of range", name, port)
+		}
+	}
+	if ip := net.ParseIP(c.RaftAdvertiseHost); ip != nil && ip.IsUnspecified() {
+		return bad("raft advertise host %s is a wildcard address", c.RaftAdvertiseHost)
+	}
+	for _, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return bad("join address %q: %v", j, err)
+		}
+	}
+	switch {
+	case c.MaxFrameBytes < 64:
+		return bad("max frame bytes %d is too small", c.MaxFrameBytes)
+	case c.MonitorInterval < 10*time.Millisecond:
+		return bad("monitor interval %v is below 10ms", c.MonitorInterval)
+	// Zero means the default, so only a negative value gets here: a ticker
+	// would panic on it, a lease or a request would always be expired.
+	case c.HeartbeatInterval <= 0:
+		return bad("heartbeat interval %v is not positive", c.HeartbeatInterval)
+	case c.LeaseTimeout <= 0:
+		return bad("lease timeout %v is not positive", c.LeaseTimeout)
+	case c.RequestTimeout <= 0:
+		return bad("request timeout %v is not positive", c.RequestTimeout)
+	case c.MaxSegmentBytes <= 0:
+		return bad("max segment bytes %d is not positive", c.MaxSegmentBytes)
+	case c.FailoverTimeout <= c.LeaseTimeout:
+		return bad("failover timeout %v must exceed the lease timeout %v", c.FailoverTimeout, c.LeaseTimeout)
+	}
+	if err := c.Storage.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+func (c *Config) raftAddr() string {
+	return net.JoinHostPort(c.RaftHost, strconv.Itoa(c.RaftPort))
+}
+
+func (c *Config) raftAdvertise() string {
+	return net.JoinHostPort(c.RaftAdvertiseHost, strconv.Itoa(c.RaftPort))
+}
+
+func (c *Config) clientAddr() string {
+	return net.JoinHostPort(c.ClientHost, strconv.Itoa(c.ClientPort))
+}

@@ -1,0 +1,83 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/walrus-edge/walrus/bridge"
+	"github.com/walrus-edge/walrus/cluster"
+	"github.com/walrus-edge/walrus/storage"
+)
+
+// remote serves the internal RPC: requests other nodes forward to this one.
+type remote struct{ s *Server }
+
+var _ bridge.Handler = remote{}
+
+// errStarting answers requests that arrive before Raft has started.
+var errStarting = &bridge.RemoteError{Code: bridge.CodeUnavailable, Message: "node is starting"}
+
+// Append appends to a segment this node leads.
+func (r remote) Append(ctx context.Context, req bridge.AppendRequest) (bridge.AppendResponse, error) {
+	if !r.s.serving.Load() {
+		return bridge.AppendResponse{}, errStarting
+	}
+	res, err := r.s.appendLocal(ctx, req.Topic, req.Segment, req.Epoch, fromBridgeRecords(req.Records))
+	return res, remoteError(err)
+}
+
+// Read reads a segment this node holds.
+func (r remote) Read(ctx context.Context, req bridge.ReadRequest) (bridge.ReadResponse, error) {
+	if !r.s.serving.Load() {
+		return bridge.ReadResponse{}, errStarting
+	}
+	res, err := r.s.readLocal(req.Topic, req.Segment, req.Index,
+		storage.ReadLimits{MaxEntries: req.MaxEntries, MaxBytes: req.MaxBytes})
+	return res, remoteError(err)
+}
+
+// Propose commits a metadata command on behalf of another node; only the
+// Raft leader accepts.
+func (r remote) Propose(ctx context.Context, req bridge.ProposeRequest) (bridge.ProposeResponse, error) {
+	if !r.s.serving.Load() {
+		return bridge.ProposeResponse{}, errStarting
+	}
+	cmd, err := cluster.DecodeCommand(req.Command)
+	if err != nil {
+		return bridge.ProposeResponse{}, &bridge.RemoteError{Code: bridge.CodeInternal, Message: err.Error()}
+	}
+	if !r.s.raft.IsLeader() {
+		return bridge.ProposeResponse{}, remoteError(fmt.Errorf("%w: node %d", cluster.ErrNotLeader, r.s.cfg.NodeID))
+	}
+	res, err := r.s.proposeAsLeader(ctx, cmd)
+	if err != nil {
+		return bridge.ProposeResponse{}, remoteError(err)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return bridge.ProposeResponse{}, remoteError(err)
+	}
+	return bridge.ProposeResponse{Index: res.Index, Result: b}, nil
+}
+
+// peerReport is the latest heartbeat of a node, kept by the Raft leader.
+type peerReport struct {
+	applied uint64
+	seen    time.Time
+}
+
+// Heartbeat records a node's report on the Raft leader (used for the
+// METRICS replication view).
+func (r remote) Heartbeat(ctx context.Context, hb bridge.Heartbeat) (bridge.HeartbeatAck, error) {
+	s := r.s
+	if !s.serving.Load() {
+		return bridge.HeartbeatAck{}, errStarting
+	}
+	s.mu.Lock()
+	s.mu.peers[cluster.NodeID(hb.NodeID)] = peerReport{applied: hb.AppliedIndex, seen: time.Now()}
+	s.mu.Unlock()
+	leader, _ := s.raft.Leader()
+	return bridge.HeartbeatAck{LeaderID: uint64(leader), Term: s.raft.Status().CurrentTerm}, nil
+}
