@@ -13,13 +13,17 @@ GOLANGCI_VERSION := v2.15.0
 
 export CGO_ENABLED ?= 0
 
-.PHONY: all build run test test-unit test-integration fuzz bench bench-go lint clean
+.PHONY: all build examples run test test-unit test-integration fuzz bench bench-go lint clean
 
 all: build
 
 ## build: static binaries into ./bin
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+## examples: the nats.go and native protocol example programs into ./bin/examples
+examples:
+	$(GO) build -o $(BIN)/examples/ ./examples/...
 
 ## run: build and start a single node on the defaults (data in ./data, native protocol on 127.0.0.1:8080)
 run: build

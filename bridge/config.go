@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -64,6 +65,19 @@ type Config struct {
 	// DedupEntries bounds the remembered request ids; the oldest are
 	// forgotten first. Default 65536.
 	DedupEntries int
+	// Leafnodes are upstream leafnode URLs ("nats-leaf://host:7422"; also
+	// nats, tls, ws, wss). The server keeps one leafnode connection to one
+	// of them and fails over between them. User and password may be in the
+	// URL. tls:// and wss:// make the connection use TLS (system roots);
+	// a plain URL is upgraded to TLS when the upstream requires it.
+	// Websocket and non-websocket URLs, and TLS and plain ones, cannot be
+	// mixed. Empty: no leafnode.
+	Leafnodes []string
+	// LeafnodeCredentials is the path of a .creds file (user JWT and nkey
+	// seed) presented to the upstream; only with Leafnodes. The server reads
+	// it on every connection attempt and logs an error if it cannot; the
+	// broker checks that it is readable when it validates its config.
+	LeafnodeCredentials string
 	// Logger receives the bridge's and the NATS server's logs (the latter
 	// with component=nats). Default: discard.
 	Logger *slog.Logger
@@ -100,6 +114,7 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	c.Routes = slices.Clone(c.Routes)
+	c.Leafnodes = slices.Clone(c.Leafnodes)
 	return c
 }
 
@@ -131,8 +146,61 @@ func (c Config) Validate() error {
 	if _, err := parseRoutes(c.Routes); err != nil {
 		return err
 	}
+	if _, err := ParseLeafnodes(c.Leafnodes); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if c.LeafnodeCredentials != "" && len(c.Leafnodes) == 0 {
+		return fmt.Errorf("%w: leafnode credentials without leafnode URLs", ErrInvalidConfig)
+	}
 	return nil
 }
+
+// internalSubjects matches the internal RPC's subjects; they are kept off
+// the leafnode connection in both directions.
+const internalSubjects = "_WALRUS.>"
+
+// leafnodeSchemes are the accepted schemes of an upstream leafnode URL.
+// nats-server dials ws and wss as websocket and the rest as plain TCP,
+// upgraded to TLS when the upstream asks; serverOptions turns TLS on from
+// the start for tls and wss.
+var leafnodeSchemes = []string{"nats-leaf", "nats", "tls", "ws", "wss"}
+
+// ParseLeafnodes parses upstream leafnode URLs (see Config.Leafnodes): each
+// needs a known scheme, a host and a port. All URLs share one remote, which
+// is dialled one way, so websocket and TCP URLs, and TLS and plain ones,
+// cannot be mixed. Errors show URLs with the password redacted.
+func ParseLeafnodes(urls []string) ([]*url.URL, error) {
+	out := make([]*url.URL, 0, len(urls))
+	for _, s := range urls {
+		u, err := url.Parse(s)
+		if err != nil {
+			// url.Error repeats the URL, which may hold a password.
+			return nil, fmt.Errorf("leafnode URL: %w", errors.Unwrap(err))
+		}
+		name := u.Redacted()
+		if !slices.Contains(leafnodeSchemes, u.Scheme) {
+			return nil, fmt.Errorf("leafnode URL %q: scheme must be one of nats-leaf, nats, tls, ws, wss", name)
+		}
+		if u.Hostname() == "" || u.Port() == "" {
+			return nil, fmt.Errorf("leafnode URL %q: want %s://host:port", name, u.Scheme)
+		}
+		if p, err := strconv.Atoi(u.Port()); err != nil || p <= 0 || p > 65535 {
+			return nil, fmt.Errorf("leafnode URL %q: bad port", name)
+		}
+		if len(out) > 0 && isWebsocket(out[0]) != isWebsocket(u) {
+			return nil, fmt.Errorf("leafnode URL %q: websocket and non-websocket URLs cannot be mixed", name)
+		}
+		if len(out) > 0 && isTLS(out[0]) != isTLS(u) {
+			return nil, fmt.Errorf("leafnode URL %q: TLS (tls, wss) and plain URLs cannot be mixed", name)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+func isWebsocket(u *url.URL) bool { return u.Scheme == "ws" || u.Scheme == "wss" }
+
+func isTLS(u *url.URL) bool { return u.Scheme == "tls" || u.Scheme == "wss" }
 
 // parseRoutes parses route seed URLs; each needs a host and a port.
 func parseRoutes(routes []string) ([]*url.URL, error) {

@@ -1,9 +1,11 @@
 // Package bridge is everything NATS in a Walrus node: the embedded
 // nats-server, which joins the other nodes' servers in one NATS cluster
 // through routes, and the internal request/reply RPC that forwards appends,
-// reads, metadata proposals and heartbeats from node to node. (The public
-// subject API for NATS clients is built on the same server and in-process
-// connection, see Conn; it is not part of this package yet.)
+// reads, metadata proposals and heartbeats from node to node; and the public
+// subject API (API, started with StartAPI) through which any NATS client
+// produces to and consumes from topics — documented for users in
+// docs/nats.md. The broker implements Backend for it and tells it, with
+// SetLeading, which topics' publish and capture subjects this node serves.
 //
 // The package imports nothing else from this repository. The broker
 // implements Handler and calls the client methods (Append, Read, Propose,
@@ -24,6 +26,14 @@
 // listener) and for routes on Host:ClusterPort. All nodes use one cluster
 // name; one reachable seed is enough, route gossip completes the full mesh
 // (NATS routes forward one hop only, so the mesh must be full).
+//
+// With Config.Leafnodes the server also connects to an upstream NATS system
+// as a leafnode: one remote holding every URL (the server fails over
+// between them), with Config.LeafnodeCredentials if set. Each node of a
+// cluster connects on its own. The remote denies _WALRUS.> both ways
+// (DenyExports and DenyImports), so the internal RPC never crosses to the
+// upstream and the upstream cannot reach it; everything else, the public
+// subjects included, is shared.
 //
 // # Subjects
 //

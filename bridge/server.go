@@ -269,6 +269,17 @@ func (b *Bridge) serverOptions(routes []*url.URL) *server.Options {
 		opts.Cluster.Advertise = hostPort(b.cfg.Advertise, 0)
 		opts.ClientAdvertise = hostPort(b.cfg.Advertise, 0)
 	}
+	if leafs, _ := ParseLeafnodes(b.cfg.Leafnodes); len(leafs) > 0 { // validated by New
+		// One remote with every URL: one upstream connection, failing
+		// over between the URLs. The internal RPC subjects never cross.
+		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{
+			URLs:        leafs,
+			Credentials: b.cfg.LeafnodeCredentials,
+			TLS:         isTLS(leafs[0]),
+			DenyExports: []string{internalSubjects},
+			DenyImports: []string{internalSubjects},
+		}}
+	}
 	return opts
 }
 

@@ -5,9 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
+	"github.com/walrus-edge/walrus/bridge"
 	"github.com/walrus-edge/walrus/storage"
 )
 
@@ -42,6 +47,28 @@ type Config struct {
 	// NATSClusterPort its route port (default 6222). Both bind ClientHost.
 	NATSPort        int
 	NATSClusterPort int
+	// NATSPrefix is the first token of every public NATS subject
+	// ("walrus.pub.<topic>", docs/nats.md): one literal subject token, not
+	// starting with '_' or '$'. Default "walrus".
+	NATSPrefix string
+	// NATSMaxMessageBytes bounds an entry's payload plus headers produced
+	// over NATS. Default 1 MiB, at most MaxNATSMessageBytes.
+	NATSMaxMessageBytes int
+	// NATSDedupWindow is how long a Nats-Msg-Id is remembered per topic.
+	// Default 2 minutes. Since zero means the default, deduplication is
+	// turned off with a negative value (DisableNATSDedup).
+	NATSDedupWindow time.Duration
+	// NATSLeafnodeURLs are upstream NATS leafnode URLs
+	// ("nats-leaf://host:7422"; also nats, tls, ws, wss; user and password
+	// may be in the URL). The embedded server connects to one of them as
+	// a leafnode; the internal subjects (_WALRUS.>) never cross. Empty: no
+	// leafnode. See bridge.Config.Leafnodes.
+	NATSLeafnodeURLs []string
+	// NATSLeafnodeCredentials is the path of a .creds file (JWT and nkey)
+	// for the upstream account; only with NATSLeafnodeURLs. Validate checks
+	// that it is a readable file; the server reads it again on every
+	// connection attempt, so it may be rotated in place.
+	NATSLeafnodeCredentials string
 
 	// HTTPAddr serves /metrics, /healthz and /readyz. Empty disables it.
 	HTTPAddr string
@@ -99,6 +126,15 @@ const (
 	DefaultFailoverTimeout   = 5 * time.Second
 	DefaultHeartbeatInterval = 500 * time.Millisecond
 	DefaultRequestTimeout    = 5 * time.Second
+
+	DefaultNATSPrefix          = "walrus"
+	DefaultNATSMaxMessageBytes = 1 << 20
+	DefaultNATSDedupWindow     = 2 * time.Minute
+	// MaxNATSMessageBytes is the largest NATSMaxMessageBytes: the embedded
+	// server's max payload less room for the internal RPC's framing.
+	MaxNATSMessageBytes = bridge.DefaultMaxPayload - 64<<10
+	// DisableNATSDedup as NATSDedupWindow turns deduplication off.
+	DisableNATSDedup time.Duration = -1
 )
 
 func (c Config) withDefaults() Config {
@@ -156,6 +192,16 @@ func (c Config) withDefaults() Config {
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
 	}
+	if c.NATSPrefix == "" {
+		c.NATSPrefix = DefaultNATSPrefix
+	}
+	if c.NATSMaxMessageBytes == 0 {
+		c.NATSMaxMessageBytes = DefaultNATSMaxMessageBytes
+	}
+	if c.NATSDedupWindow == 0 {
+		c.NATSDedupWindow = DefaultNATSDedupWindow
+	}
+	c.NATSLeafnodeURLs = slices.Clone(c.NATSLeafnodeURLs)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -205,10 +251,64 @@ func (c Config) Validate() error {
 	case c.FailoverTimeout <= c.LeaseTimeout:
 		return bad("failover timeout %v must exceed the lease timeout %v", c.FailoverTimeout, c.LeaseTimeout)
 	}
+	if err := c.validateNATS(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
 	if err := c.Storage.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	return nil
+}
+
+// validateNATS checks the public NATS API and leafnode settings (after
+// defaults).
+func (c Config) validateNATS() error {
+	if err := validPrefix(c.NATSPrefix); err != nil {
+		return err
+	}
+	if c.NATSMaxMessageBytes <= 0 || c.NATSMaxMessageBytes > MaxNATSMessageBytes {
+		return fmt.Errorf("nats max message bytes %d out of range (1 to %d)", c.NATSMaxMessageBytes, MaxNATSMessageBytes)
+	}
+	if _, err := bridge.ParseLeafnodes(c.NATSLeafnodeURLs); err != nil {
+		return fmt.Errorf("nats %w", err)
+	}
+	if c.NATSLeafnodeCredentials == "" {
+		return nil
+	}
+	if len(c.NATSLeafnodeURLs) == 0 {
+		return errors.New("nats leafnode credentials given without a leafnode URL")
+	}
+	return readableFile(c.NATSLeafnodeCredentials)
+}
+
+// validPrefix checks that p is one literal NATS subject token that is not
+// a system subject (_INBOX, $SYS, ...).
+func validPrefix(p string) error {
+	if strings.ContainsFunc(p, func(r rune) bool {
+		return r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r)
+	}) {
+		return fmt.Errorf("nats prefix %q: must be one subject token (no '.', '*', '>', spaces or control characters)", p)
+	}
+	if strings.HasPrefix(p, "_") || strings.HasPrefix(p, "$") {
+		return fmt.Errorf("nats prefix %q: must not start with '_' or '$' (reserved for system subjects)", p)
+	}
+	return nil
+}
+
+// readableFile checks that path is a regular file this process can open.
+func readableFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("nats leafnode credentials: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("nats leafnode credentials %s: not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("nats leafnode credentials: %w", err)
+	}
+	return f.Close()
 }
 
 func (c *Config) raftAddr() string {

@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,10 @@ func TestConfigDefaults(t *testing.T) {
 		{"FailoverTimeout", c.FailoverTimeout, 5 * time.Second},
 		{"HeartbeatInterval", c.HeartbeatInterval, 500 * time.Millisecond},
 		{"RequestTimeout", c.RequestTimeout, 5 * time.Second},
+		{"NATSPrefix", c.NATSPrefix, "walrus"},
+		{"NATSMaxMessageBytes", c.NATSMaxMessageBytes, 1 << 20},
+		{"NATSDedupWindow", c.NATSDedupWindow, 2 * time.Minute},
+		{"NATSLeafnodeCredentials", c.NATSLeafnodeCredentials, ""},
 		{"raftAddr", c.raftAddr(), "127.0.0.1:6000"},
 		{"raftAdvertise", c.raftAdvertise(), "127.0.0.1:6000"},
 		{"clientAddr", c.clientAddr(), "127.0.0.1:8080"},
@@ -95,6 +100,10 @@ func TestNewZeroConfigStartsNothing(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
+	creds := filepath.Join(t.TempDir(), "edge.creds")
+	if err := os.WriteFile(creds, []byte("creds"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		cfg  Config
@@ -133,6 +142,30 @@ func TestConfigValidate(t *testing.T) {
 		{"fsync interval negative", Config{Storage: storage.Options{Fsync: storage.FsyncInterval, FsyncInterval: -time.Millisecond}}, "FsyncInterval"},
 		{"entry bytes too small", Config{Storage: storage.Options{MaxEntryBytes: 1}}, "MaxEntryBytes 1"},
 		{"storage ok", Config{Storage: storage.Options{Fsync: storage.FsyncNever, PreallocBytes: -1}}, ""},
+		{"nats prefix", Config{NATSPrefix: "site-1_a"}, ""},
+		{"nats prefix dot", Config{NATSPrefix: "site1.walrus"}, `nats prefix "site1.walrus": must be one subject token`},
+		{"nats prefix star", Config{NATSPrefix: "*"}, "must be one subject token"},
+		{"nats prefix gt", Config{NATSPrefix: "a>"}, "must be one subject token"},
+		{"nats prefix space", Config{NATSPrefix: "a b"}, "must be one subject token"},
+		{"nats prefix tab", Config{NATSPrefix: "a\tb"}, "must be one subject token"},
+		{"nats prefix underscore", Config{NATSPrefix: "_WALRUS"}, "must not start with '_' or '$'"},
+		{"nats prefix dollar", Config{NATSPrefix: "$SYS"}, "must not start with '_' or '$'"},
+		{"nats max message max", Config{NATSMaxMessageBytes: MaxNATSMessageBytes}, ""},
+		{"nats max message too big", Config{NATSMaxMessageBytes: MaxNATSMessageBytes + 1}, "nats max message bytes 8323073 out of range (1 to 8323072)"},
+		{"nats max message negative", Config{NATSMaxMessageBytes: -1}, "nats max message bytes -1 out of range"},
+		{"nats dedup disabled", Config{NATSDedupWindow: DisableNATSDedup}, ""},
+		{"leafnode ok", Config{NATSLeafnodeURLs: []string{"nats-leaf://u:p@core:7422", "nats-leaf://core2:7422"}}, ""},
+		{"leafnode tls", Config{NATSLeafnodeURLs: []string{"tls://core:7422"}}, ""},
+		{"leafnode scheme", Config{NATSLeafnodeURLs: []string{"http://core:7422"}}, `nats leafnode URL "http://core:7422": scheme must be one of`},
+		{"leafnode no port", Config{NATSLeafnodeURLs: []string{"nats-leaf://core"}}, "want nats-leaf://host:port"},
+		{"leafnode bare host", Config{NATSLeafnodeURLs: []string{"core:7422"}}, "scheme must be one of"},
+		{"leafnode mixed", Config{NATSLeafnodeURLs: []string{"ws://a:80", "nats-leaf://b:7422"}}, "websocket and non-websocket"},
+		{"leafnode password hidden", Config{NATSLeafnodeURLs: []string{"http://u:secret@core:7422"}}, `"http://u:xxxxx@core:7422"`},
+		{"leafnode credentials without url", Config{NATSLeafnodeCredentials: "/x.creds"}, "credentials given without a leafnode URL"},
+		{"leafnode credentials missing", Config{NATSLeafnodeURLs: []string{"nats-leaf://core:7422"}, NATSLeafnodeCredentials: "/nonexistent/edge.creds"},
+			"nats leafnode credentials: stat /nonexistent/edge.creds: no such file or directory"},
+		{"leafnode credentials", Config{NATSLeafnodeURLs: []string{"nats-leaf://core:7422"}, NATSLeafnodeCredentials: creds}, ""},
+		{"leafnode credentials dir", Config{NATSLeafnodeURLs: []string{"nats-leaf://core:7422"}, NATSLeafnodeCredentials: os.TempDir()}, "not a regular file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -20,6 +20,7 @@ type metrics struct {
 	delivered   prometheus.Counter
 	rollovers   prometheus.Counter
 	failovers   prometheus.Counter
+	natsDropped *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -31,6 +32,8 @@ func newMetrics(s *Server) *metrics {
 	m.appends = f.counter("walrus_broker_appended_entries_total", "Entries appended to segments this node leads.")
 	m.delivered = f.counter("walrus_broker_delivered_entries_total", "Entries delivered through the shared GET cursor by this node.")
 	m.rollovers = f.counter("walrus_broker_rollovers_total", "Segments this node sealed and rolled over.")
+	m.natsDropped = f.counterVec("walrus_nats_publish_dropped_total",
+		"Plain publishes and captured messages that were not stored, by error code.", "reason")
 	m.failovers = f.counter("walrus_cluster_failovers_total", "Segments this node failed over as Raft leader.")
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),

@@ -48,17 +48,23 @@ func (s *Server) Register(ctx context.Context, topic string) error {
 // and returns when they are durable there. Stale routing (a rollover or a
 // failover under way) is retried within ctx and RequestTimeout.
 func (s *Server) Put(ctx context.Context, topic string, recs []storage.Record) (bridge.AppendResponse, error) {
+	_, res, err := s.put(ctx, topic, recs)
+	return res, err
+}
+
+// put is Put that also returns the segment the records went to.
+func (s *Server) put(ctx context.Context, topic string, recs []storage.Record) (uint64, bridge.AppendResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	var last error
 	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
 		t, err := s.topic(ctx, topic)
 		if err != nil {
-			return bridge.AppendResponse{}, err
+			return 0, bridge.AppendResponse{}, err
 		}
 		open := t.Open()
 		if uint64(len(recs)) > open.MaxEntries {
-			return bridge.AppendResponse{}, fmt.Errorf("%w: %d records, %d per segment", ErrTooLarge, len(recs), open.MaxEntries)
+			return 0, bridge.AppendResponse{}, fmt.Errorf("%w: %d records, %d per segment", ErrTooLarge, len(recs), open.MaxEntries)
 		}
 		var res bridge.AppendResponse
 		if open.Leader == s.self() {
@@ -69,11 +75,11 @@ func (s *Server) Put(ctx context.Context, topic string, recs []storage.Record) (
 			})
 		}
 		if err == nil || !retryable(err) {
-			return res, err
+			return open.ID, res, err
 		}
 		last = err
 		if err := s.waitChange(ctx, wait); err != nil {
-			return bridge.AppendResponse{}, fmt.Errorf("put %s: %w (last attempt: %w)", topic, err, last)
+			return 0, bridge.AppendResponse{}, fmt.Errorf("put %s: %w (last attempt: %w)", topic, err, last)
 		}
 	}
 }
@@ -157,6 +163,10 @@ func (s *Server) appendLocal(ctx context.Context, topic string, segID, epoch uin
 		}
 		return bridge.AppendResponse{}, err
 	}
+	// Stored: wake long polls and publish to live tails, whether or not
+	// the append is acknowledged below (readers will see it either way).
+	s.tails.appended(topic, segID, res.FirstIndex, uint64(res.FirstOffset), recs)
+	s.appended.notify(topic)
 	if !s.leaseValid() {
 		// Durable but not acknowledged: the outcome is unknown to the client.
 		// Not ErrNoLease, which Put and the bridge retry: a retry would write

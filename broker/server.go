@@ -35,6 +35,10 @@ type Server struct {
 	http    *http.Server
 	httpLn  net.Listener
 	metrics *metrics
+	api     *bridge.API // the public NATS subjects; set by Start
+
+	tails    tailer   // publishes appends to the NATS tail subjects
+	appended notifier // wakes long polls at each local append
 
 	// serving is set once Raft has started: the bridge runs earlier (it
 	// carries the route seeds) and answers forwarded requests Unavailable
@@ -123,6 +127,10 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.startHTTP(); err != nil {
 		return err
 	}
+	if err := s.startAPI(); err != nil {
+		return err
+	}
+	s.tails.api.Store(s.api)
 	s.goFunc(s.tcp.serve)
 	s.goFunc(s.heartbeatLoop)
 	s.goFunc(s.monitorLoop)
@@ -134,14 +142,16 @@ func (s *Server) Start(ctx context.Context) (err error) {
 
 func (s *Server) startBridge(ctx context.Context) error {
 	b, err := bridge.New(bridge.Config{
-		NodeID:         s.cfg.NodeID,
-		Host:           s.cfg.ClientHost,
-		ClientPort:     s.cfg.NATSPort,
-		ClusterPort:    s.cfg.NATSClusterPort,
-		Advertise:      s.cfg.RaftAdvertiseHost,
-		Routes:         loadPeers(s.dir),
-		RequestTimeout: s.cfg.RequestTimeout,
-		Logger:         s.cfg.Logger, // the bridge adds the node id itself
+		NodeID:              s.cfg.NodeID,
+		Host:                s.cfg.ClientHost,
+		ClientPort:          s.cfg.NATSPort,
+		ClusterPort:         s.cfg.NATSClusterPort,
+		Advertise:           s.cfg.RaftAdvertiseHost,
+		Routes:              loadPeers(s.dir),
+		RequestTimeout:      s.cfg.RequestTimeout,
+		Leafnodes:           s.cfg.NATSLeafnodeURLs,
+		LeafnodeCredentials: s.cfg.NATSLeafnodeCredentials,
+		Logger:              s.cfg.Logger, // the bridge adds the node id itself
 	})
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
@@ -221,7 +231,8 @@ func (s *Server) goFunc(fn func()) {
 
 // Shutdown stops the node. It is idempotent; ctx bounds the graceful part.
 //
-// Order: 1. stop accepting client connections and HTTP, 2. stop the
+// Order: 1. stop accepting client connections and HTTP, then the public
+// NATS subjects (queued publishes are stored or refused), 2. stop the
 // background loops and wait for every goroutine (in-flight requests finish
 // or fail), 3. Raft, 4. the NATS bridge, 5. storage (which syncs).
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -239,6 +250,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if s.http != nil {
 		errs = append(errs, s.http.Shutdown(ctx))
+	}
+	if s.api != nil {
+		// Before the loops and Raft: queued publishes are stored or refused.
+		errs = append(errs, s.api.Stop(ctx))
 	}
 	if s.cancel != nil {
 		s.cancel()

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // CommandType tags a metadata command in the Raft log.
@@ -23,6 +24,7 @@ const (
 	CmdFinalizeSeal  CommandType = "finalize_seal"
 	CmdAdvanceCursor CommandType = "advance_cursor"
 	CmdCommitGroup   CommandType = "commit_group"
+	CmdSetCapture    CommandType = "set_capture"
 )
 
 // Command is one metadata change. Only the fields of its Type are used.
@@ -57,9 +59,14 @@ type Command struct {
 	To    uint64 `json:"to,omitempty"`
 	Token string `json:"token,omitempty"`
 
-	// CmdCommitGroup.
+	// CmdCommitGroup: moves the group's offset forward to Offset (never
+	// back: a late commit from a slow consumer is a no-op).
 	Group  string `json:"group,omitempty"`
 	Offset uint64 `json:"offset,omitempty"`
+
+	// CmdSetCapture: the NATS subjects captured into the topic (replacing
+	// the previous list; empty removes them).
+	Subjects []string `json:"subjects,omitempty"`
 }
 
 // Result is the FSM's answer to a command.
@@ -72,7 +79,8 @@ type Result struct {
 	Reason  string `json:"reason,omitempty"`
 	// Index is the Raft index at which the command was applied.
 	Index uint64 `json:"index"`
-	// Cursor is the shared cursor after a CmdAdvanceCursor.
+	// Cursor is the shared cursor after a CmdAdvanceCursor, and the
+	// group's offset after a CmdCommitGroup.
 	Cursor uint64 `json:"cursor,omitempty"`
 	// Segment is the segment a topic command left open.
 	Segment uint64 `json:"segment,omitempty"`
@@ -154,6 +162,10 @@ func (c *Command) validate() error {
 	case CmdCommitGroup:
 		if c.Topic == "" || c.Group == "" {
 			return bad("a topic and a group")
+		}
+	case CmdSetCapture:
+		if c.Topic == "" || slices.Contains(c.Subjects, "") {
+			return bad("a topic and non-empty subjects")
 		}
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrInvalidCommand, c.Type)

@@ -195,12 +195,19 @@ func applyTopic(m *Metadata, t *Topic, cmd Command, index uint64) (*Topic, Resul
 		}
 		return &nt, Result{Applied: true, Cursor: nt.Cursor}
 	case CmdCommitGroup:
+		if cur := t.Groups[cmd.Group]; cmd.Offset <= cur {
+			return t, Result{Reason: fmt.Sprintf("group %s is at %d", cmd.Group, cur), Cursor: cur}
+		}
 		nt := *t
 		nt.Groups = make(map[string]uint64, len(t.Groups)+1)
 		for g, off := range t.Groups {
 			nt.Groups[g] = off
 		}
 		nt.Groups[cmd.Group] = cmd.Offset
+		return &nt, Result{Applied: true, Cursor: cmd.Offset}
+	case CmdSetCapture:
+		nt := *t
+		nt.Capture = slices.Clone(cmd.Subjects)
 		return &nt, Result{Applied: true}
 	}
 	return t, Result{Reason: fmt.Sprintf("command %s does not apply to a topic", cmd.Type)}

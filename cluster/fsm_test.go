@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,12 +150,40 @@ func TestFSM_CursorCompareAndSet(t *testing.T) {
 	if r := applyOne(t, f, 5, Command{Type: CmdAdvanceCursor, Topic: "t", From: 1, To: 5}); !r.Applied || r.Cursor != 5 {
 		t.Fatalf("advance 1→5 = %+v", r)
 	}
-	if r := applyOne(t, f, 6, Command{Type: CmdCommitGroup, Topic: "t", Group: "g", Offset: 3}); !r.Applied {
+	if r := applyOne(t, f, 6, Command{Type: CmdCommitGroup, Topic: "t", Group: "g", Offset: 3}); !r.Applied || r.Cursor != 3 {
 		t.Fatalf("commit group = %+v", r)
+	}
+	// A late commit from a slow consumer never moves a group back.
+	for _, off := range []uint64{2, 3} {
+		if r := applyOne(t, f, 7, Command{Type: CmdCommitGroup, Topic: "t", Group: "g", Offset: off}); r.Applied || r.Cursor != 3 {
+			t.Fatalf("commit group to %d after 3 = %+v", off, r)
+		}
 	}
 	topic, _ := f.metadata().Topic("t")
 	if topic.Cursor != 5 || topic.Groups["g"] != 3 {
 		t.Fatalf("topic = %+v", topic)
+	}
+}
+
+func TestFSM_SetCapture(t *testing.T) {
+	f, _ := applyAll(t, node(1), Command{Type: CmdCreateTopic, Topic: "t", NodeID: 1, MaxEntries: 10})
+	if r := applyOne(t, f, 3, Command{Type: CmdSetCapture, Topic: "t", Subjects: []string{"a.>", "b"}}); !r.Applied {
+		t.Fatalf("set capture = %+v", r)
+	}
+	if topic, _ := f.metadata().Topic("t"); !slices.Equal(topic.Capture, []string{"a.>", "b"}) {
+		t.Fatalf("capture = %v", topic.Capture)
+	}
+	if r := applyOne(t, f, 4, Command{Type: CmdSetCapture, Topic: "t"}); !r.Applied {
+		t.Fatalf("clear capture = %+v", r)
+	}
+	if topic, _ := f.metadata().Topic("t"); len(topic.Capture) != 0 {
+		t.Fatalf("capture after clear = %v", topic.Capture)
+	}
+	if r := applyOne(t, f, 5, Command{Type: CmdSetCapture, Topic: "missing", Subjects: []string{"x"}}); r.Applied {
+		t.Fatalf("capture on a missing topic = %+v", r)
+	}
+	if _, err := (&Command{Type: CmdSetCapture, Topic: "t", Subjects: []string{""}}).Encode(); err == nil {
+		t.Fatal("empty subject encoded")
 	}
 }
 
@@ -271,6 +300,7 @@ func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
 		Command{Type: CmdFailover, Topic: "a", Segment: 2, Epoch: 5, NodeID: 1, MaxEntries: 10},
 		Command{Type: CmdAdvanceCursor, Topic: "a", From: 0, To: 4},
 		Command{Type: CmdCommitGroup, Topic: "b/c d", Group: "g", Offset: 9},
+		Command{Type: CmdSetCapture, Topic: "b/c d", Subjects: []string{"x.>"}},
 	)
 	snap, err := f.Snapshot()
 	if err != nil {

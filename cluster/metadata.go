@@ -63,6 +63,9 @@ type Topic struct {
 	Cursor uint64 `json:"cursor"`
 	// Groups holds consumer groups' committed offsets.
 	Groups map[string]uint64 `json:"groups,omitempty"`
+	// Capture lists the NATS subjects (wildcards allowed) whose messages
+	// are stored in the topic.
+	Capture []string `json:"capture,omitempty"`
 	// CursorTokens are the tokens of the latest cursor moves (at most
 	// maxCursorTokens), so that a replayed move is recognised.
 	CursorTokens []string `json:"cursor_tokens,omitempty"`

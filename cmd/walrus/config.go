@@ -38,6 +38,15 @@ type nodeConfig struct {
 	ClientPort        int    `koanf:"client-port"`
 	NATSPort          int    `koanf:"nats-port"`
 	NATSClusterPort   int    `koanf:"nats-cluster-port"`
+
+	NATSPrefix        string `koanf:"nats-prefix"`
+	NATSMaxMsgBytes   int    `koanf:"nats-max-message-bytes"`
+	NATSDedupWindowMS int    `koanf:"nats-dedup-window-ms"`
+	// NATSLeafnodeURL is a list so that the YAML file may give one; each
+	// element (a flag or env value) may hold several, comma-separated.
+	NATSLeafnodeURL   []string `koanf:"nats-leafnode-url"`
+	NATSLeafnodeCreds string   `koanf:"nats-leafnode-credentials"`
+
 	HTTPPort          int    `koanf:"http-port"`
 	MaxSegmentEntries uint64 `koanf:"max-segment-entries"`
 	MaxSegmentBytes   int64  `koanf:"max-segment-bytes"`
@@ -71,6 +80,11 @@ func nodeFlags(fs *flag.FlagSet) {
 	fs.Int("port", 0, "alias of --client-port")
 	fs.Int("nats-port", broker.DefaultNATSPort, "embedded NATS client port")
 	fs.Int("nats-cluster-port", broker.DefaultNATSClusterPort, "embedded NATS route port")
+	fs.String("nats-prefix", broker.DefaultNATSPrefix, "first token of the public NATS subjects (walrus.pub.<topic>, ...)")
+	fs.Int("nats-max-message-bytes", broker.DefaultNATSMaxMessageBytes, "largest entry (payload plus headers) produced over NATS")
+	fs.Int("nats-dedup-window-ms", int(broker.DefaultNATSDedupWindow/time.Millisecond), "how long a Nats-Msg-Id is remembered per topic, in milliseconds (0: no deduplication)")
+	fs.String("nats-leafnode-url", "", "upstream NATS leafnode URL(s), comma-separated (nats-leaf://host:7422, tls://...); user:password@ allowed")
+	fs.String("nats-leafnode-credentials", "", ".creds file (JWT and nkey) for the upstream leafnode account")
 	fs.Int("http-port", 0, "HTTP port for /metrics, /healthz and /readyz (0: off)")
 	fs.Uint64("max-segment-entries", broker.DefaultMaxSegmentEntries, "roll a segment over at this many entries")
 	fs.Int64("max-segment-bytes", broker.DefaultMaxSegmentBytes, "roll a segment over at this many bytes")
@@ -194,6 +208,13 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		ClientPort:        c.ClientPort,
 		NATSPort:          c.NATSPort,
 		NATSClusterPort:   c.NATSClusterPort,
+
+		NATSPrefix:              c.NATSPrefix,
+		NATSMaxMessageBytes:     c.NATSMaxMsgBytes,
+		NATSDedupWindow:         ms(c.NATSDedupWindowMS),
+		NATSLeafnodeURLs:        splitList(c.NATSLeafnodeURL...),
+		NATSLeafnodeCredentials: c.NATSLeafnodeCreds,
+
 		MaxSegmentEntries: max(c.MaxSegmentEntries, 1),
 		MaxSegmentBytes:   c.MaxSegmentBytes,
 		MonitorInterval:   time.Duration(max(c.MonitorCheckMS, 10)) * time.Millisecond,
@@ -213,18 +234,39 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		},
 		Logger: log,
 	}
+	// broker.Config reads zero as "the default"; here zero is what was asked.
+	switch {
+	case c.NATSPrefix == "":
+		return broker.Config{}, errors.New("nats prefix is empty")
+	case c.NATSMaxMsgBytes <= 0:
+		return broker.Config{}, fmt.Errorf("nats max message bytes %d is not positive", c.NATSMaxMsgBytes)
+	case c.NATSDedupWindowMS < 0:
+		return broker.Config{}, fmt.Errorf("nats dedup window %dms is negative (0 disables deduplication)", c.NATSDedupWindowMS)
+	case c.NATSDedupWindowMS == 0:
+		bc.NATSDedupWindow = broker.DisableNATSDedup
+	}
 	if c.DisableIOURing {
 		bc.Storage.Backend = storage.BackendPwrite
 	}
 	if c.HTTPPort != 0 {
 		bc.HTTPAddr = net.JoinHostPort(c.ClientHost, strconv.Itoa(c.HTTPPort))
 	}
-	for _, j := range strings.Split(c.Join, ",") {
-		if j = strings.TrimSpace(j); j != "" {
-			bc.Join = append(bc.Join, j)
+	bc.Join = splitList(c.Join)
+	return bc, bc.Validate()
+}
+
+// splitList splits comma-separated lists into their non-empty, trimmed
+// elements.
+func splitList(lists ...string) []string {
+	var out []string
+	for _, l := range lists {
+		for _, e := range strings.Split(l, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				out = append(out, e)
+			}
 		}
 	}
-	return bc, bc.Validate()
+	return out
 }
 
 // newLogger builds the process logger.

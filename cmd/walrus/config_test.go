@@ -3,13 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/walrus-edge/walrus/broker"
 	"github.com/walrus-edge/walrus/storage"
 	"github.com/walrus-edge/walrus/tests/freeport"
 )
@@ -105,11 +108,78 @@ func TestConfig_BadInput(t *testing.T) {
 		{args: []string{"--raft-host", "0.0.0.0", "--raft-advertise-host", "0.0.0.0"}, want: "wildcard"},
 		{args: []string{"--log-level", "loud"}, want: "log level"},
 		{env: []string{"WALRUS_CLIENT_PORT=abc"}, want: "config"},
+		{args: []string{"--nats-prefix", "site1.walrus"}, want: `nats prefix "site1.walrus": must be one subject token`},
+		{args: []string{"--nats-prefix", "_WALRUS"}, want: "must not start with '_' or '$'"},
+		{args: []string{"--nats-prefix", ""}, want: "nats prefix is empty"},
+		{args: []string{"--nats-max-message-bytes", "0"}, want: "nats max message bytes 0 is not positive"},
+		{args: []string{"--nats-max-message-bytes", "9000000"}, want: "nats max message bytes 9000000 out of range"},
+		{args: []string{"--nats-dedup-window-ms", "-1"}, want: "nats dedup window -1ms is negative"},
+		{env: []string{"WALRUS_NATS_DEDUP_WINDOW_MS=2m"}, want: "config"},
+		{args: []string{"--nats-leafnode-url", "http://core:7422"}, want: `nats leafnode URL "http://core:7422": scheme must be one of`},
+		{env: []string{"WALRUS_NATS_LEAFNODE_URL=nats-leaf://core"}, want: "want nats-leaf://host:port"},
+		{args: []string{"--nats-leafnode-credentials", "/x.creds"}, want: "credentials given without a leafnode URL"},
+		{args: []string{"--nats-leafnode-url", "nats-leaf://core:7422", "--nats-leafnode-credentials", "/nonexistent/edge.creds"},
+			want: "nats leafnode credentials: stat /nonexistent/edge.creds"},
 	} {
 		var stderr bytes.Buffer
 		code := runNodeWith(context.Background(), tc.args, tc.env, &stderr)
 		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("args %q env %q: exit %d, stderr %q; want exit 2 mentioning %q", tc.args, tc.env, code, stderr.String(), tc.want)
+		}
+	}
+}
+
+// The NATS API and leafnode settings: defaults, flags, environment and the
+// YAML file (which may give the leafnode URLs as a list).
+func TestConfig_NATS(t *testing.T) {
+	bc, err := load(t, nil).brokerConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bc.NATSPrefix != "walrus" || bc.NATSMaxMessageBytes != 1<<20 || bc.NATSDedupWindow != 2*time.Minute ||
+		bc.NATSLeafnodeURLs != nil || bc.NATSLeafnodeCredentials != "" {
+		t.Fatalf("defaults: %+v", bc)
+	}
+
+	creds := filepath.Join(t.TempDir(), "edge.creds")
+	if err := os.WriteFile(creds, []byte("creds"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"nats-leaf://u:p@core1:7422", "nats-leaf://core2:7422"}
+	check := func(name string, c nodeConfig, prefix string, maxBytes int, dedup time.Duration) {
+		t.Helper()
+		bc, err := c.brokerConfig(nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if bc.NATSPrefix != prefix || bc.NATSMaxMessageBytes != maxBytes || bc.NATSDedupWindow != dedup ||
+			!slices.Equal(bc.NATSLeafnodeURLs, want) || bc.NATSLeafnodeCredentials != creds {
+			t.Fatalf("%s: prefix %q, max %d, dedup %v, leafnodes %q, credentials %q", name, bc.NATSPrefix,
+				bc.NATSMaxMessageBytes, bc.NATSDedupWindow, bc.NATSLeafnodeURLs, bc.NATSLeafnodeCredentials)
+		}
+	}
+	check("flags", load(t, []string{"--nats-prefix", "site1", "--nats-max-message-bytes", "4096",
+		"--nats-dedup-window-ms", "0", "--nats-leafnode-url", " nats-leaf://u:p@core1:7422 , nats-leaf://core2:7422",
+		"--nats-leafnode-credentials", creds}), "site1", 4096, broker.DisableNATSDedup)
+	check("env", load(t, nil, "WALRUS_NATS_PREFIX=site2", "WALRUS_NATS_MAX_MESSAGE_BYTES=8192",
+		"WALRUS_NATS_DEDUP_WINDOW_MS=5000", "WALRUS_NATS_LEAFNODE_URL=nats-leaf://u:p@core1:7422,nats-leaf://core2:7422",
+		"WALRUS_NATS_LEAFNODE_CREDENTIALS="+creds), "site2", 8192, 5*time.Second)
+
+	for i, urls := range []string{
+		"[nats-leaf://u:p@core1:7422, nats-leaf://core2:7422]",
+		`"nats-leaf://u:p@core1:7422,nats-leaf://core2:7422"`,
+	} {
+		file := filepath.Join(t.TempDir(), "walrus.yaml")
+		yaml := "nats-prefix: site3\nnats-max-message-bytes: 100\nnats-dedup-window-ms: 1\n" +
+			"nats-leafnode-url: " + urls + "\nnats-leafnode-credentials: " + creds + "\n"
+		if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("file %d", i), load(t, []string{"--config", file}), "site3", 100, time.Millisecond)
+		// A flag overrides the file's list.
+		c := load(t, []string{"--config", file, "--nats-leafnode-url", "tls://core9:7422"})
+		if !slices.Equal(c.NATSLeafnodeURL, []string{"tls://core9:7422"}) {
+			t.Fatalf("flag over file: %q", c.NATSLeafnodeURL)
 		}
 	}
 }
