@@ -153,13 +153,7 @@ func (b *Bridge) StartAPI(cfg APIConfig, backend Backend) (*API, error) {
 		}
 		a.mu.subs = append(a.mu.subs, sub)
 	}
-	// walrus.admin.metrics has no topic token, so "admin.>" needs a twin.
-	sub, err := conn.QueueSubscribe(cfg.Prefix+".admin.metrics", apiQueue, a.async(a.onAdmin))
-	if err == nil {
-		a.mu.subs = append(a.mu.subs, sub)
-		err = conn.Flush()
-	}
-	if err != nil {
+	if err := conn.Flush(); err != nil {
 		a.unsubscribeAll()
 		cancel()
 		return nil, fmt.Errorf("bridge: subscribe public api: %w", err)
