@@ -55,13 +55,22 @@ type Backend interface {
 	// CommitGroup moves a group's offset forward to offset and returns the
 	// group's offset afterwards.
 	CommitGroup(ctx context.Context, topic, group string, offset uint64) (uint64, error)
-	// Register creates topic if it does not exist.
+	// Register creates topic if it does not exist and returns once it can
+	// be produced to through any node (see API.WaitPublishable).
 	Register(ctx context.Context, topic string) error
 	// State returns the topic's STATE JSON; Metrics the node's METRICS JSON.
 	State(topic string) ([]byte, error)
 	Metrics() ([]byte, error)
 	// SetCapture binds topic to NATS subjects (replacing its list).
 	SetCapture(ctx context.Context, topic string, subjects []string) error
+	// OpenLeader returns the node that leads topic's open segment, if
+	// known.
+	OpenLeader(topic string) (node uint64, ok bool)
+	// Recent returns topic's entries stored at or after since, oldest
+	// first, at most maxEntries and about maxBytes of payload, the newest
+	// kept; nothing where this node does not lead the topic. A new
+	// producer seeds its deduplication window from them.
+	Recent(ctx context.Context, topic string, since time.Time, maxEntries int, maxBytes int64) ([]Entry, error)
 }
 
 // APIConfig configures the public API.
@@ -77,9 +86,11 @@ type APIConfig struct {
 	// RequestTimeout bounds the backend call of one request (a fetch adds
 	// its wait). Default: the bridge's RequestTimeout.
 	RequestTimeout time.Duration
-	// Dropped, if set, is called when a message without a reply subject
-	// (a plain publish or a capture) is not stored, with a short reason.
-	Dropped func(reason string)
+	// Dropped, if set, is called when n messages without a reply subject
+	// (plain publishes or captures) were not stored, with a short reason:
+	// a public error code, or "slow_consumer" when NATS dropped them before
+	// they reached the node's produce queue.
+	Dropped func(reason string, n int)
 	// Logger; default the bridge's.
 	Logger *slog.Logger
 }
@@ -97,12 +108,22 @@ type API struct {
 	sem     chan struct{}
 	wg      sync.WaitGroup // handler and producer goroutines
 
+	idleAfter time.Duration // a producer goroutine exits after this long idle (producerIdle; tests shorten it)
+
+	drops struct { // dropped plain publishes, for the rate-limited warning
+		sync.Mutex
+		last time.Time
+		n    int
+	}
+
 	mu struct {
 		sync.Mutex
 		stopped   bool
 		subs      []*nats.Subscription
 		producers map[string]*producer
 		leading   map[captureKey]*nats.Subscription // pub and capture subscriptions of led topics
+		retiring  map[captureKey]*retiring          // subscriptions of topics no longer led, until leaderHandoff passes
+		slowSeen  map[*nats.Subscription]int        // messages NATS dropped per leading subscription, as counted so far
 	}
 }
 
@@ -131,10 +152,12 @@ func (b *Bridge) StartAPI(cfg APIConfig, backend Backend) (*API, error) {
 	a := &API{
 		cfg: cfg, b: b, backend: backend, conn: conn, ctx: ctx, cancel: cancel,
 		log: cfg.Logger.With(logKeyComponent, "nats-api", logKeyNode, b.cfg.NodeID),
-		sem: make(chan struct{}, b.cfg.MaxConcurrent),
+		sem: make(chan struct{}, b.cfg.MaxConcurrent), idleAfter: producerIdle,
 	}
 	a.mu.producers = map[string]*producer{}
 	a.mu.leading = map[captureKey]*nats.Subscription{}
+	a.mu.slowSeen = map[*nats.Subscription]int{}
+	a.mu.retiring = map[captureKey]*retiring{}
 	handlers := []struct {
 		verb string
 		fn   nats.MsgHandler
@@ -153,11 +176,27 @@ func (b *Bridge) StartAPI(cfg APIConfig, backend Backend) (*API, error) {
 		}
 		a.mu.subs = append(a.mu.subs, sub)
 	}
+	fwd, err := conn.Subscribe(forwardSubject(b.cfg.NodeID, ">"), a.onForwarded)
+	if err != nil {
+		a.unsubscribeAll()
+		cancel()
+		return nil, fmt.Errorf("bridge: subscribe %s: %w", forwardSubject(b.cfg.NodeID, ">"), err)
+	}
+	a.mu.subs = append(a.mu.subs, fwd)
+	sub, err := conn.Subscribe(interestSubject, a.async(a.onInterest))
+	if err != nil {
+		a.unsubscribeAll()
+		cancel()
+		return nil, fmt.Errorf("bridge: subscribe %s: %w", interestSubject, err)
+	}
+	a.mu.subs = append(a.mu.subs, sub)
 	if err := conn.Flush(); err != nil {
 		a.unsubscribeAll()
 		cancel()
 		return nil, fmt.Errorf("bridge: subscribe public api: %w", err)
 	}
+	onSlow := a.onSlowConsumer
+	b.slowConsumer.Store(&onSlow)
 	a.log.Info("nats api started", "prefix", cfg.Prefix)
 	return a, nil
 }
@@ -173,6 +212,7 @@ func (a *API) Stop(ctx context.Context) error {
 	}
 	a.mu.stopped = true
 	a.mu.Unlock()
+	a.b.slowConsumer.Store(nil)
 	a.unsubscribeAll()
 	for _, p := range a.producerList() {
 		p.wake()
@@ -199,7 +239,13 @@ func (a *API) unsubscribeAll() {
 	for _, s := range a.mu.leading {
 		subs = append(subs, s)
 	}
+	for _, r := range a.mu.retiring {
+		r.timer.Stop()
+		subs = append(subs, r.sub)
+	}
+	clear(a.mu.retiring)
 	a.mu.subs, a.mu.leading = nil, map[captureKey]*nats.Subscription{}
+	clear(a.mu.slowSeen)
 	a.mu.Unlock()
 	for _, s := range subs {
 		if err := s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

@@ -39,7 +39,6 @@ func (a *API) onAdmin(ctx context.Context, msg *nats.Msg) {
 			a.replyError(msg, err)
 			return
 		}
-		a.waitPubInterest(ctx, topic)
 		a.replyJSON(msg, struct {
 			Topic      string `json:"topic"`
 			Registered bool   `json:"registered"`
@@ -91,6 +90,7 @@ func (a *API) setCapture(ctx context.Context, msg *nats.Msg, topic string) {
 	if subjects == nil {
 		subjects = []string{}
 	}
+	a.waitClusterInterest(ctx, subjects)
 	a.replyJSON(msg, captureBody{Topic: topic, Subjects: subjects})
 }
 
@@ -127,7 +127,11 @@ const pubQueue = "walrus-pub"
 // every message for a topic travels to one node, over one route, in the
 // order its publisher sent it, and is stored by one pipeline in that order;
 // the leader also holds the topic's deduplication window. (NATS queue
-// groups would hand a connection's messages to random nodes.)
+// groups would hand a connection's messages to random nodes.) When the
+// leadership moves, the old leader keeps its subscriptions for
+// leaderHandoff, in the same queue group as the new one's, so that no
+// publish finds nobody while the new subscription spreads; what it
+// receives meanwhile it stores through the new leader.
 func (a *API) SetLeading(led map[string][]string) {
 	want := map[captureKey]bool{}
 	for topic, subjects := range led {
@@ -147,15 +151,27 @@ func (a *API) SetLeading(led map[string][]string) {
 	}
 	for k, sub := range a.mu.leading {
 		if !want[k] {
-			if err := sub.Unsubscribe(); err != nil {
-				a.log.Debug("unsubscribe", "topic", k.topic, "subject", sub.Subject, logKeyErr, err)
-			}
+			// Keep serving for leaderHandoff: the new leader's subscription
+			// reaches the other nodes asynchronously, and until it has, an
+			// unsubscribed old leader would leave publishes with nobody.
 			delete(a.mu.leading, k)
-			a.log.Debug("produce subscription removed", "topic", k.topic, "subject", sub.Subject)
+			r := &retiring{sub: sub}
+			r.timer = time.AfterFunc(leaderHandoff, func() { a.retire(k, r) })
+			a.mu.retiring[k] = r
+			a.log.Debug("produce subscription retiring", "topic", k.topic, "subject", sub.Subject)
 		}
 	}
 	for k := range want {
 		if _, ok := a.mu.leading[k]; ok {
+			continue
+		}
+		if r, ok := a.mu.retiring[k]; ok { // led again before it retired
+			r.timer.Stop()
+			delete(a.mu.retiring, k)
+			a.mu.leading[k] = r.sub
+			if p := a.mu.producers[k.topic]; p != nil && k.subject == "" {
+				p.seed = true
+			}
 			continue
 		}
 		topic := k.topic
@@ -170,29 +186,37 @@ func (a *API) SetLeading(led map[string][]string) {
 			continue
 		}
 		a.mu.leading[k] = sub
+		if p := a.mu.producers[topic]; p != nil && k.subject == "" {
+			p.seed = true // others stored in the topic meanwhile: reread the window
+		}
 		a.log.Debug("produce subscription added", "topic", topic, "subject", subject)
 	}
 }
 
-// waitPubInterest waits (within ctx) until this node's server routes the
-// topic's publish subject to its leader, so that a publish through this
-// node right after registering finds it. Other nodes learn the interest
-// over their routes a few milliseconds later.
-func (a *API) waitPubInterest(ctx context.Context, topic string) {
-	srv := a.b.server()
-	if srv == nil || !validSubject(topic, false) {
+// leaderHandoff is how long a node keeps a topic's produce subscriptions
+// after it stopped leading the topic.
+const leaderHandoff = 2 * time.Second
+
+// retiring is a produce subscription of a topic this node no longer leads,
+// unsubscribed when its timer fires.
+type retiring struct {
+	sub   *nats.Subscription
+	timer *time.Timer
+}
+
+// retire unsubscribes r unless the topic was led again meanwhile.
+func (a *API) retire(k captureKey, r *retiring) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.mu.retiring[k] != r {
 		return
 	}
-	acc := srv.GlobalAccount()
-	subject := a.cfg.Prefix + ".pub." + topic
-	for !acc.SubscriptionInterest(subject) {
-		select {
-		case <-ctx.Done():
-			a.log.Warn("registered topic has no publish subscription yet", "topic", topic)
-			return
-		case <-time.After(5 * time.Millisecond):
-		}
+	delete(a.mu.retiring, k)
+	delete(a.mu.slowSeen, r.sub)
+	if err := r.sub.Unsubscribe(); err != nil {
+		a.log.Debug("unsubscribe", "topic", k.topic, "subject", r.sub.Subject, logKeyErr, err)
 	}
+	a.log.Debug("produce subscription removed", "topic", k.topic, "subject", r.sub.Subject)
 }
 
 // onCapture stores a message published on a captured subject. Nothing is

@@ -183,7 +183,7 @@ func (a *API) onFetch(ctx context.Context, msg *nats.Msg) {
 func (a *API) fitFetch(reply *fetchReply) ([]byte, error) {
 	limit := int(a.b.cfg.MaxPayload) - 1024
 	for {
-		body, err := json.Marshal(reply)
+		body, err := marshalJSON(reply)
 		if err != nil {
 			return nil, fmt.Errorf("encode fetch reply: %w", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,10 +51,16 @@ type producer struct {
 	queue   []*pubMsg
 	bytes   int
 	running bool
+	seed    bool          // read the window's ids from the log before the next batch (seedIDs)
 	signal  chan struct{} // cap 1: work queued or the API stopping
+	room    chan struct{} // closed when a batch is taken; nil if nobody waits
 
 	ids   map[string]*dedupID
 	order []*dedupID // ids in insertion order, for expiry
+}
+
+func newProducer(topic string) *producer {
+	return &producer{topic: topic, seed: true, signal: make(chan struct{}, 1), ids: map[string]*dedupID{}}
 }
 
 func (p *producer) wake() {
@@ -66,9 +73,17 @@ func (p *producer) wake() {
 // onPublish is the subscription callback of prefix.pub.>: it validates and
 // queues; it never blocks on storage.
 func (a *API) onPublish(msg *nats.Msg) {
-	topic := a.topicOf(msg.Subject, "pub")
+	a.produce(a.topicOf(msg.Subject, "pub"), msg, true)
+}
+
+// produce queues a published message for topic, unless this node's
+// subscription retires and it goes to the new leader (mayForward).
+func (a *API) produce(topic string, msg *nats.Msg, mayForward bool) {
 	if !validSubject(topic, false) {
 		a.replyError(msg, fmt.Errorf("%w: subject %q names no topic", ErrBadRequest, msg.Subject))
+		return
+	}
+	if mayForward && a.forward(topic, msg) {
 		return
 	}
 	rec, err := a.record(msg, false)
@@ -77,6 +92,50 @@ func (a *API) onPublish(msg *nats.Msg) {
 		return
 	}
 	a.enqueue(topic, msg, rec)
+}
+
+// forwardPrefix starts the internal subject a node takes publishes for the
+// topics it leads from nodes that led them before: <forwardPrefix><node>.<topic>.
+const forwardPrefix = "_WALRUS.pub."
+
+func forwardSubject(node uint64, topic string) string {
+	return forwardPrefix + strconv.FormatUint(node, 10) + "." + topic
+}
+
+// forward hands a publish that reached this node while its subscription
+// retires (leaderHandoff) to the topic's new leader, reply subject
+// included, so that one node's pipeline and deduplication window see every
+// message of the topic. It reports whether it did.
+func (a *API) forward(topic string, msg *nats.Msg) bool {
+	a.mu.Lock()
+	_, retiring := a.mu.retiring[captureKey{topic: topic}]
+	a.mu.Unlock()
+	if !retiring {
+		return false
+	}
+	leader, ok := a.backend.OpenLeader(topic)
+	if !ok || leader == a.b.cfg.NodeID {
+		return false
+	}
+	// A leader that is (re)starting does not take forwards yet: then this
+	// node stores the message itself, through whichever node leads.
+	subject := forwardSubject(leader, topic)
+	if srv := a.b.server(); srv == nil || !srv.GlobalAccount().SubscriptionInterest(subject) {
+		return false
+	}
+	out := &nats.Msg{Subject: subject, Reply: msg.Reply, Header: msg.Header, Data: msg.Data}
+	if err := a.conn.PublishMsg(out); err != nil {
+		a.log.Debug("forward to the new leader", "topic", topic, "leader", leader, logKeyErr, err)
+		return false
+	}
+	return true
+}
+
+// onForwarded stores a publish forwarded by the topic's previous leader.
+// It is never forwarded again, whoever leads by now: the pipeline's
+// backend call finds the open segment.
+func (a *API) onForwarded(msg *nats.Msg) {
+	a.produce(strings.TrimPrefix(msg.Subject, forwardSubject(a.b.cfg.NodeID, "")), msg, false)
 }
 
 // record converts msg into a record to store. For a capture, Walrus-
@@ -127,13 +186,38 @@ func (a *API) enqueue(topic string, msg *nats.Msg, rec Record) {
 	}
 	p := a.mu.producers[topic]
 	if p == nil {
-		p = &producer{topic: topic, signal: make(chan struct{}, 1), ids: map[string]*dedupID{}}
+		p = newProducer(topic)
 		a.mu.producers[topic] = p
 	}
-	if len(p.queue) >= maxQueueEntries || p.bytes+pm.size > maxQueueBytes {
+	// A full queue holds this message, and with it the subscription's
+	// delivery: later messages wait in NATS's buffers (in order) instead of
+	// being dropped, until the producer takes a batch or queueWait passes.
+	var deadline time.Time
+	for len(p.queue) >= maxQueueEntries || p.bytes+pm.size > maxQueueBytes {
+		if deadline.IsZero() {
+			deadline = time.Now().Add(a.cfg.RequestTimeout)
+		}
+		if p.room == nil {
+			p.room = make(chan struct{})
+		}
+		room, queued := p.room, len(p.queue)
 		a.mu.Unlock()
-		a.replyError(msg, fmt.Errorf("%w: topic %s has %d messages waiting to be stored", ErrUnavailable, topic, maxQueueEntries))
-		return
+		if !waitRoom(room, deadline) {
+			a.replyError(msg, fmt.Errorf("%w: topic %s has %d messages waiting to be stored", ErrUnavailable, topic, queued))
+			return
+		}
+		a.mu.Lock()
+		if a.mu.stopped {
+			a.mu.Unlock()
+			a.replyError(msg, fmt.Errorf("%w: node is stopping", ErrUnavailable))
+			return
+		}
+		if q := a.mu.producers[topic]; q != nil {
+			p = q
+		} else { // went idle meanwhile: its queue is empty
+			p = newProducer(topic)
+			a.mu.producers[topic] = p
+		}
 	}
 	p.queue = append(p.queue, pm)
 	p.bytes += pm.size
@@ -152,6 +236,55 @@ func (a *API) enqueue(topic string, msg *nats.Msg, rec Record) {
 	p.wake()
 }
 
+// waitRoom waits until room is closed (the producer took a batch) or
+// deadline passes, and reports which.
+func waitRoom(room <-chan struct{}, deadline time.Time) bool {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-room:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// onSlowConsumer counts the messages the client library dropped on one of
+// the topics' publish or capture subscriptions: the node received them
+// faster than it stores them for longer than its queue and the library's
+// pending buffer (64 MiB each) cover. Requests among them get no reply.
+// The library reports the start of a slow spell only, so the producer
+// counts the rest when its queue runs empty (countDrops).
+func (a *API) onSlowConsumer(sub *nats.Subscription) {
+	a.countDrops(func(_ captureKey, s *nats.Subscription) bool { return s == sub })
+}
+
+// countDrops reports the drops not counted yet on the produce
+// subscriptions (leading and retiring) that match.
+func (a *API) countDrops(match func(captureKey, *nats.Subscription) bool) {
+	a.mu.Lock()
+	n := 0
+	count := func(k captureKey, sub *nats.Subscription) {
+		if !match(k, sub) {
+			return
+		}
+		if total, err := sub.Dropped(); err == nil && total > a.mu.slowSeen[sub] {
+			n += total - a.mu.slowSeen[sub]
+			a.mu.slowSeen[sub] = total
+		}
+	}
+	for k, sub := range a.mu.leading {
+		count(k, sub)
+	}
+	for k, r := range a.mu.retiring {
+		count(k, r.sub)
+	}
+	a.mu.Unlock()
+	if n > 0 {
+		a.droppedN("slow_consumer", n)
+	}
+}
+
 func (a *API) producerList() []*producer {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -163,15 +296,24 @@ func (a *API) producerList() []*producer {
 }
 
 // runProducer stores p's queue batch by batch until it has been idle for
-// producerIdle or the API stops with nothing queued.
+// idleAfter with no message id left in the deduplication window, or the API
+// stops with nothing queued.
 func (a *API) runProducer(p *producer) {
-	idle := time.NewTimer(producerIdle)
+	idle := time.NewTimer(a.idleAfter)
 	defer idle.Stop()
 	for {
 		a.mu.Lock()
 		batch, bytes := takeBatch(p.queue)
 		p.queue = p.queue[len(batch):]
 		p.bytes -= bytes
+		if len(batch) > 0 && p.room != nil {
+			close(p.room) // wake the messages waiting for room
+			p.room = nil
+		}
+		seed := p.seed && len(batch) > 0
+		if seed {
+			p.seed = false
+		}
 		stopped := a.mu.stopped
 		if len(batch) == 0 && stopped {
 			p.running = false
@@ -180,14 +322,25 @@ func (a *API) runProducer(p *producer) {
 			return
 		}
 		a.mu.Unlock()
+		if seed && a.cfg.DedupWindow > 0 {
+			a.seedIDs(p)
+		}
 		if len(batch) > 0 {
 			a.storeBatch(p, batch)
-			idle.Reset(producerIdle)
+			idle.Reset(a.idleAfter)
 			continue
 		}
+		a.countDrops(func(k captureKey, _ *nats.Subscription) bool { return k.topic == p.topic })
 		select {
 		case <-p.signal:
 		case <-idle.C:
+			// The ids of the window live in p: stay until they expire, or
+			// a retry after a quiet spell would be stored twice.
+			a.expireIDs(p)
+			if len(p.order) > 0 {
+				idle.Reset(max(time.Until(p.order[0].at.Add(a.cfg.DedupWindow)), time.Millisecond))
+				continue
+			}
 			a.mu.Lock()
 			if len(p.queue) == 0 {
 				p.running = false
@@ -197,6 +350,47 @@ func (a *API) runProducer(p *producer) {
 			}
 			a.mu.Unlock()
 		}
+	}
+}
+
+// Seeding bounds: how much of the log a new producer reads for the ids of
+// its deduplication window, and for how long.
+const (
+	seedMaxBytes = 64 << 20
+	seedTimeout  = 2 * time.Second
+)
+
+// seedIDs adds to p's deduplication window the message ids stored in the
+// topic within the window, read from the end of the log, so that the window
+// survives the leader's restart and the moves of the topic's leadership
+// between nodes: a producer seeds before its first batch and again after
+// this node (re)gains the topic. It is best effort: what it cannot read in
+// time is logged and skipped.
+func (a *API) seedIDs(p *producer) {
+	ctx, cancel := context.WithTimeout(a.ctx, min(seedTimeout, a.cfg.RequestTimeout))
+	defer cancel()
+	start := time.Now()
+	entries, err := a.backend.Recent(ctx, p.topic, start.Add(-a.cfg.DedupWindow), maxDedupIDs, seedMaxBytes)
+	if err != nil {
+		a.log.Warn("deduplication window seeded in part", "topic", p.topic, "entries", len(entries), logKeyErr, err)
+	}
+	n := 0
+	for _, e := range entries {
+		for _, h := range e.Headers {
+			if h.Key != HeaderMsgID || h.Value == "" {
+				continue
+			}
+			if _, ok := p.ids[h.Value]; !ok { // the first copy answers retries
+				d := &dedupID{id: h.Value, stored: true, pos: Position{Segment: e.Segment, Offset: e.Offset}, at: time.Unix(0, e.Timestamp)}
+				p.ids[d.id] = d
+				p.order = append(p.order, d)
+				n++
+			}
+			break
+		}
+	}
+	if n > 0 || err != nil {
+		a.log.Info("deduplication window seeded from the log", "topic", p.topic, "ids", n, "entries_read", len(entries), "took", time.Since(start))
 	}
 }
 
@@ -299,4 +493,14 @@ type ackBody struct {
 
 func (a *API) ack(msg *nats.Msg, topic string, pos Position, dup bool) {
 	a.replyJSON(msg, ackBody{Topic: topic, Segment: pos.Segment, Offset: pos.Offset, Duplicate: dup})
+}
+
+// queued returns how many messages wait in topic's queue (for tests).
+func (a *API) queued(topic string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p := a.mu.producers[topic]; p != nil {
+		return len(p.queue)
+	}
+	return 0
 }

@@ -1,10 +1,12 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -59,6 +61,24 @@ func PublicCode(err error) string {
 	return PublicInternal
 }
 
+// publicMessage is err's text without the package and class prefixes that
+// the code already says: "bridge: bad request: max -1: want 1 to 1000"
+// becomes "max -1: want 1 to 1000".
+func publicMessage(err error) string {
+	classes := []error{ErrBadRequest, ErrMalformed, ErrUnknownTopic, ErrTooLarge, ErrOutcomeUnknown, ErrUnavailable}
+	msg := err.Error()
+	for {
+		trimmed := strings.TrimPrefix(msg, "bridge: ")
+		for _, class := range classes {
+			trimmed = strings.TrimPrefix(trimmed, strings.TrimPrefix(class.Error(), "bridge: ")+": ")
+		}
+		if trimmed == msg || trimmed == "" {
+			return msg
+		}
+		msg = trimmed
+	}
+}
+
 type errorBody struct {
 	Error struct {
 		Code    string `json:"code"`
@@ -76,8 +96,8 @@ func (a *API) replyError(msg *nats.Msg, err error) {
 		return
 	}
 	var body errorBody
-	body.Error.Code, body.Error.Message = code, err.Error()
-	b, _ := json.Marshal(body) // plain strings: cannot fail
+	body.Error.Code, body.Error.Message = code, publicMessage(err)
+	b, _ := marshalJSON(body) // plain strings: cannot fail
 	out := nats.NewMsg(msg.Reply)
 	out.Header.Set(HeaderError, code)
 	out.Data = b
@@ -89,7 +109,7 @@ func (a *API) replyJSON(msg *nats.Msg, v any) {
 	if msg.Reply == "" {
 		return
 	}
-	b, err := json.Marshal(v)
+	b, err := marshalJSON(v)
 	if err != nil {
 		a.replyError(msg, err)
 		return
@@ -110,11 +130,26 @@ func (a *API) respond(out *nats.Msg) {
 	}
 }
 
-func (a *API) dropped(reason string) {
+func (a *API) dropped(reason string) { a.droppedN(reason, 1) }
+
+func (a *API) droppedN(reason string, n int) {
 	if a.cfg.Dropped != nil {
-		a.cfg.Dropped(reason)
+		a.cfg.Dropped(reason, n)
+	}
+	// Nobody else is told, so say it in the log: at once after a quiet
+	// spell, then at most every dropLogEvery with the count since.
+	a.drops.Lock()
+	defer a.drops.Unlock()
+	a.drops.n += n
+	if now := time.Now(); now.Sub(a.drops.last) >= dropLogEvery {
+		a.log.Warn("messages without a reply subject were not stored (at-most-once)",
+			"count", a.drops.n, "last_reason", reason, "metric", "walrus_nats_publish_dropped_total")
+		a.drops.last, a.drops.n = now, 0
 	}
 }
+
+// dropLogEvery rate-limits the warning about dropped plain publishes.
+const dropLogEvery = 10 * time.Second
 
 // entryMsg builds the message that delivers e: its payload, its stored
 // headers and the Walrus- position headers.
@@ -133,4 +168,16 @@ func entryMsg(subject, topic string, e Entry) *nats.Msg {
 
 func formatTimestamp(ns int64) string {
 	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+}
+
+// marshalJSON encodes v without the HTML escaping of json.Marshal: subjects
+// such as "sensors.>" read back as written, not as "sensors.\u003e".
+func marshalJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }

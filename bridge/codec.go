@@ -96,6 +96,7 @@ func encodeRequest(r *request) ([]byte, error) {
 		b = binary.LittleEndian.AppendUint64(b, r.heartbeat.NodeID)
 		b = binary.LittleEndian.AppendUint64(b, r.heartbeat.AppliedIndex)
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.heartbeat.SentUnixNano))
+		b = putBool(b, r.heartbeat.Leaving)
 	default:
 		return nil, fmt.Errorf("%w: unknown %v", ErrMalformed, r.op)
 	}
@@ -135,6 +136,7 @@ func decodeRequest(data []byte) (*request, error) {
 		r.heartbeat.NodeID = d.u64()
 		r.heartbeat.AppliedIndex = d.u64()
 		r.heartbeat.SentUnixNano = int64(d.u64())
+		r.heartbeat.Leaving = d.bool()
 	default:
 		if d.err == nil {
 			return nil, fmt.Errorf("%w: unknown %v", ErrMalformed, r.op)
@@ -174,6 +176,8 @@ func encodeResponse(r *response) []byte {
 	case opHeartbeat:
 		b = binary.LittleEndian.AppendUint64(b, r.heartbeat.LeaderID)
 		b = binary.LittleEndian.AppendUint64(b, r.heartbeat.Term)
+		b = binary.LittleEndian.AppendUint64(b, r.heartbeat.LastIndex)
+		b = putBool(b, r.heartbeat.PeerFailing)
 	}
 	return b
 }
@@ -220,6 +224,8 @@ func decodeResponse(data []byte) (*response, error) {
 	case r.op == opHeartbeat:
 		r.heartbeat.LeaderID = d.u64()
 		r.heartbeat.Term = d.u64()
+		r.heartbeat.LastIndex = d.u64()
+		r.heartbeat.PeerFailing = d.bool()
 	}
 	if err := d.finish(); err != nil {
 		return nil, err

@@ -90,7 +90,7 @@ func TestCodec_Layout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "01" + "04" + "01" + "ee" + "0100000000000000" + "0200000000000000" + "0300000000000000"
+	want := "01" + "04" + "01" + "ee" + "0100000000000000" + "0200000000000000" + "0300000000000000" + "00" // leaving: false
 	if got := hex.EncodeToString(data); got != want {
 		t.Fatalf("heartbeat request\n got %s\nwant %s", got, want)
 	}

@@ -44,6 +44,12 @@ type Config struct {
 	// reach this node's route port and that ClientURL names. Default Host;
 	// required when Host is a wildcard address (0.0.0.0 or ::).
 	Advertise string
+	// ClientAdvertise is the "host:port" the server tells NATS clients to
+	// reach it at, in the list of the cluster's servers it gossips to
+	// them. Default: Advertise and the client port. Set it when clients
+	// reach the node through another address (a published container
+	// port, a load balancer).
+	ClientAdvertise string
 	// ClusterName is the NATS cluster name, the same on every node.
 	// Default "walrus".
 	ClusterName string
@@ -142,6 +148,11 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Advertise); err == nil {
 		return fmt.Errorf("%w: advertise %q must be a host without port", ErrInvalidConfig, c.Advertise)
+	}
+	if c.ClientAdvertise != "" {
+		if _, port, err := net.SplitHostPort(c.ClientAdvertise); err != nil || port == "" {
+			return fmt.Errorf("%w: client advertise %q must be host:port", ErrInvalidConfig, c.ClientAdvertise)
+		}
 	}
 	if _, err := parseRoutes(c.Routes); err != nil {
 		return err

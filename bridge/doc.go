@@ -38,6 +38,10 @@
 // # Subjects
 //
 //	_WALRUS.rpc.<node id>   requests to node <node id>, queue group "walrus-rpc"
+//	_WALRUS.interest        "do you route these subjects yet?" (every node's API answers
+//	                        "ok" once its server does; see api_interest.go)
+//	_WALRUS.pub.<id>.<topic> publishes forwarded to node <id>, the topic's new leader, by
+//	                        its previous leader during the handoff (api_produce.go)
 //	_INBOX.>                replies (nats.go's request multiplexer)
 //
 // # Wire encoding
@@ -58,8 +62,8 @@
 //	read       topic string | segment u64 | index u64 |   count u64 | sealed u8 | n u32 | entry * n
 //	           max_entries i64 | max_bytes i64
 //	propose    command bytes                              index u64 | result bytes
-//	heartbeat  node_id u64 | applied_index u64 |          leader_id u64 | term u64
-//	           sent_unix_nano i64
+//	heartbeat  node_id u64 | applied_index u64 |          leader_id u64 | term u64 |
+//	           sent_unix_nano i64 | leaving u8            last_index u64 | peer_failing u8
 //
 //	record     timestamp i64 | n u32 | (key string | value string) * n | value bytes
 //	entry      segment u64 | index u64 | offset u64 | record

@@ -45,6 +45,9 @@ type Bridge struct {
 	dedup   *dedup
 	sem     chan struct{} // one token per running handler call
 	handler atomic.Pointer[handlerBox]
+	// slowConsumer, set by the public API, hears of subscriptions whose
+	// messages the client library dropped.
+	slowConsumer atomic.Pointer[func(*nats.Subscription)]
 
 	// lifeMu serialises Start, Shutdown and SetRoutes; each holds it
 	// throughout. It is taken before mu.
@@ -269,6 +272,9 @@ func (b *Bridge) serverOptions(routes []*url.URL) *server.Options {
 		opts.Cluster.Advertise = hostPort(b.cfg.Advertise, 0)
 		opts.ClientAdvertise = hostPort(b.cfg.Advertise, 0)
 	}
+	if b.cfg.ClientAdvertise != "" {
+		opts.ClientAdvertise = b.cfg.ClientAdvertise
+	}
 	if leafs, _ := ParseLeafnodes(b.cfg.Leafnodes); len(leafs) > 0 { // validated by New
 		// One remote with every URL: one upstream connection, failing
 		// over between the URLs. The internal RPC subjects never cross.
@@ -304,6 +310,9 @@ func (b *Bridge) asyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 		subject = sub.Subject
 	}
 	b.log.Warn("nats async error", "subject", subject, logKeyErr, err)
+	if h := b.slowConsumer.Load(); h != nil && sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+		(*h)(sub)
+	}
 }
 
 // Shutdown stops the bridge. It is idempotent and safe before Start. ctx

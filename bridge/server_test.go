@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -255,4 +256,29 @@ func (h *recordingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 		}
 	}
 	return &c
+}
+
+// ClientAdvertise is what clients of the other nodes are told to reach the
+// node at (its gossiped connect URL), not the bind or route address.
+func TestBridge_ClientAdvertise(t *testing.T) {
+	b1 := newBridge(t, 1, nil, nil)
+	newBridge(t, 2, nil, func(c *Config) {
+		c.Routes = []string{b1.RouteURL()}
+		c.ClientAdvertise = "node2.example:14222"
+	})
+	nc, err := nats.Connect(b1.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(nc.DiscoveredServers(), "nats://node2.example:14222") {
+		if time.Now().After(deadline) {
+			t.Fatalf("discovered servers %v, want node 2's advertised nats://node2.example:14222", nc.DiscoveredServers())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := (Config{NodeID: 1, ClientAdvertise: "no-port"}).Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("client advertise without a port: %v, want ErrInvalidConfig", err)
+	}
 }

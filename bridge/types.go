@@ -76,12 +76,23 @@ type Heartbeat struct {
 	NodeID       uint64
 	AppliedIndex uint64
 	SentUnixNano int64
+	// Leaving says the node is stopping: the Raft leader places no new
+	// segment or topic on it until it reports again without it.
+	Leaving bool
 }
 
 // HeartbeatAck is the leader's answer to a Heartbeat.
 type HeartbeatAck struct {
 	LeaderID uint64
 	Term     uint64
+	// LastIndex is the leader's last Raft log index when it answered: every
+	// metadata change proposed before then (a failover included) is at or
+	// below it.
+	LastIndex uint64
+	// PeerFailing reports that the leader's Raft replication to the sender
+	// is failing: the sender may be cut off from the Raft traffic even
+	// though this heartbeat got through.
+	PeerFailing bool
 }
 
 // Handler serves the internal RPCs addressed to this node. The broker

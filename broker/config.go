@@ -13,6 +13,7 @@ import (
 	"unicode"
 
 	"github.com/walrus-edge/walrus/bridge"
+	"github.com/walrus-edge/walrus/cluster"
 	"github.com/walrus-edge/walrus/storage"
 )
 
@@ -64,6 +65,10 @@ type Config struct {
 	// a leafnode; the internal subjects (_WALRUS.>) never cross. Empty: no
 	// leafnode. See bridge.Config.Leafnodes.
 	NATSLeafnodeURLs []string
+	// NATSClientAdvertise is the "host:port" NATS clients are told to
+	// reach this node at (bridge.Config.ClientAdvertise). Default: the
+	// Raft advertise host and the NATS port.
+	NATSClientAdvertise string
 	// NATSLeafnodeCredentials is the path of a .creds file (JWT and nkey)
 	// for the upstream account; only with NATSLeafnodeURLs. Validate checks
 	// that it is a readable file; the server reads it again on every
@@ -104,6 +109,15 @@ type Config struct {
 
 	// Logger receives the node's logs. Default: discard.
 	Logger *slog.Logger
+
+	// afterPropose, when set, runs on the Raft leader after a command it
+	// was asked to propose (by itself or forwarded by another node) has
+	// applied, before the proposer gets the answer. For tests only, set
+	// through SetAfterPropose in export_test.go: a hook that blocks holds
+	// the answer past the proposer's deadline, so the proposer's outcome
+	// is unknown while the command did apply (what a stalled NATS route
+	// does to a forwarded proposal).
+	afterPropose func(cluster.Command, cluster.Result)
 }
 
 // RaftTiming holds Raft's timeouts; zero fields mean cluster defaults.

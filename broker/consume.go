@@ -56,9 +56,10 @@ func (s *Server) Get(ctx context.Context, topic string) (entry bridge.Entry, ok 
 			}
 			return bridge.Entry{}, false, nil
 		}
-		// The token makes a replay of this move (after an unknown outcome)
-		// answer Applied instead of losing the entry.
-		res, err := s.moveCursor(ctx, topic, cur, cur+1)
+		// The entry is this GET's only if the move applies. claim resolves
+		// an unknown outcome; an error means nothing was consumed, unless
+		// it says the outcome is unknown.
+		res, err := s.claim(ctx, topic, cur)
 		if err != nil {
 			return bridge.Entry{}, false, err
 		}
@@ -82,10 +83,102 @@ func (s *Server) moveCursor(ctx context.Context, topic string, from, to uint64) 
 	if err != nil {
 		return res, err
 	}
-	s.mu.Lock()
-	s.mu.cursors[topic] = res.Cursor
-	s.mu.Unlock()
+	s.setCursorHint(topic, res.Cursor)
 	return res, nil
+}
+
+// claim moves topic's cursor from → from+1 for a GET that read the entry
+// at from: the entry is the GET's if and only if the result is Applied.
+//
+// Unlike moveCursor it never leaves the outcome unknown lightly. The move
+// is proposed to the Raft leader (forwarded over the bridge when this node
+// is not the leader); when no answer comes back (the request or its reply
+// is stuck in a stalled route past the deadline, the leader changes), the
+// move may be in the Raft log and apply anyway: answering ERR then would
+// consume the entry for nobody. So once a proposal may have been sent, the
+// same command, with the same token, is proposed again until a leader
+// answers: if an earlier proposal applied, the FSM recognises the token and
+// answers Applied without moving the cursor again, and the GET delivers
+// the entry; if none did, the replay is the compare-and-set the first one
+// would have been. This goes on past ctx, for at most another
+// RequestTimeout, so that the first attempt's timeout cannot end it (only
+// a shutdown ends it early).
+//
+// If the outcome is still unknown then, or the FSM no longer remembers the
+// moves since from (Result.TokenForgotten on a replay), the error wraps
+// bridge.ErrOutcomeUnknown and says the entry may be consumed (TCP:
+// "ERR outcome unknown: ...", NATS: outcome_unknown). Any other error
+// means nothing was consumed. (docs/cluster.md, "Reads and the shared
+// cursor", explains why the token is not kept for the client's next GET.)
+func (s *Server) claim(ctx context.Context, topic string, from uint64) (cluster.Result, error) {
+	cmd := cluster.Command{Type: cluster.CmdAdvanceCursor, Topic: topic, From: from, To: from + 1, Token: newToken()}
+	// sent: a proposal of cmd may have reached the Raft log. replay: the
+	// last attempt was made after one that may have.
+	var sent, replay bool
+	propose := func(ctx context.Context) (cluster.Result, error) {
+		for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 500*time.Millisecond) {
+			replay = sent
+			res, err := s.proposeOnce(ctx, cmd)
+			if err == nil {
+				return res, nil
+			}
+			// Only a missing leader proves the proposal was not sent: any
+			// other failure may come after it was appended (a forwarded
+			// call may even have been answered once and retried).
+			sent = sent || !errors.Is(err, cluster.ErrNoLeader)
+			if errors.Is(err, cluster.ErrShutdown) || errors.Is(err, bridge.ErrClosed) {
+				return res, err
+			}
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return res, fmt.Errorf("%s: %w (last attempt: %w)", cmd.Type, ctx.Err(), err)
+			}
+		}
+	}
+	res, err := propose(ctx)
+	if err != nil && sent {
+		s.log.Info("GET: cursor move outcome unknown, proposing it again",
+			"topic", topic, "from", from, "token", cmd.Token, "err", err)
+		rctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
+		defer cancel()
+		if res, err = propose(rctx); err == nil {
+			s.log.Info("GET: cursor move outcome resolved", "topic", topic, "from", from,
+				"token", cmd.Token, "applied", res.Applied, "reason", res.Reason)
+		}
+	}
+	unknown := func(why any) error {
+		s.log.Warn("GET: cursor move outcome unknown: the entry may be consumed undelivered",
+			"topic", topic, "offset", from, "token", cmd.Token, "err", why)
+		return errGetOutcomeUnknown(topic, from, why)
+	}
+	switch {
+	case err != nil && sent:
+		return res, unknown(err)
+	case err != nil:
+		return res, err
+	case res.TokenForgotten && replay:
+		return res, unknown(res.Reason)
+	}
+	s.setCursorHint(topic, res.Cursor)
+	return res, nil
+}
+
+// errGetOutcomeUnknown reports a GET whose cursor move past the entry at
+// offset from may or may not have applied. The cause is formatted, not
+// wrapped: the class of this error is outcome unknown, whatever the cause's
+// (a timeout would read as unavailable, which tells a client that nothing
+// happened).
+func errGetOutcomeUnknown(topic string, from uint64, why any) error {
+	return fmt.Errorf("%w: GET %s: the cursor move past offset %d was neither confirmed nor refused by the raft leader: "+
+		"the entry at offset %d may have been consumed without being delivered (%v)",
+		bridge.ErrOutcomeUnknown, topic, from, from, why)
+}
+
+func (s *Server) setCursorHint(topic string, cursor uint64) {
+	s.mu.Lock()
+	s.mu.cursors[topic] = cursor
+	s.mu.Unlock()
 }
 
 func (s *Server) cursorHint(topic string) uint64 {

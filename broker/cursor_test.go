@@ -1,12 +1,14 @@
 package broker_test
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/walrus-edge/walrus/bridge"
 	"github.com/walrus-edge/walrus/broker"
 	"github.com/walrus-edge/walrus/storage"
 )
@@ -159,7 +161,7 @@ func TestProduceConsumeConcurrently(t *testing.T) {
 	var (
 		mu        sync.Mutex
 		acked     = map[int][]string{}
-		delivered []string
+		delivered []bridge.Entry
 		prodWG    sync.WaitGroup
 		consWG    sync.WaitGroup
 		done      = make(chan struct{})
@@ -190,7 +192,7 @@ func TestProduceConsumeConcurrently(t *testing.T) {
 				}
 				if ok {
 					mu.Lock()
-					delivered = append(delivered, string(e.Value))
+					delivered = append(delivered, e)
 					mu.Unlock()
 					continue
 				}
@@ -211,8 +213,12 @@ func TestProduceConsumeConcurrently(t *testing.T) {
 
 	st := stateOf(t, c.raftLeader().srv, topic)
 	t.Logf("%d entries delivered, %d sealed segments, cursor %d: %+v", len(delivered), len(st.SealedSegments), st.Cursor, st)
+	// Three consumers append to delivered concurrently, so its order is not
+	// the cursor's: put it back in topic order.
+	slices.SortFunc(delivered, func(a, b bridge.Entry) int { return cmp.Compare(a.Offset, b.Offset) })
 	count := map[string]int{}
-	for _, v := range delivered {
+	for _, e := range delivered {
+		v := string(e.Value)
 		count[v]++
 		if count[v] == 2 {
 			t.Errorf("%s delivered twice", v)
@@ -220,7 +226,8 @@ func TestProduceConsumeConcurrently(t *testing.T) {
 	}
 	for p := range producers {
 		var mine []string
-		for _, v := range delivered {
+		for _, e := range delivered {
+			v := string(e.Value)
 			if v[:len(fmt.Sprintf("p%d-", p))] == fmt.Sprintf("p%d-", p) {
 				mine = append(mine, v)
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -142,13 +143,16 @@ type cluster struct {
 	nodes []*node
 	// tune adjusts every node's configuration before its first start.
 	tune func(*broker.Config)
+	base string // the nodes' data directories are under it
 }
 
 // newCluster starts n nodes and waits until every node sees all n voters
 // and a leader. tune (optional) adjusts each node's configuration.
 func newCluster(t *testing.T, n int, tune func(*broker.Config)) *cluster {
 	t.Helper()
-	c := &cluster{t: t, log: newTestLogger(t), tune: tune}
+	c := &cluster{t: t, log: newTestLogger(t), tune: tune, base: t.TempDir()}
+	// Registered after base's removal, so it runs first: the nodes stop
+	// before their directories are removed.
 	t.Cleanup(c.shutdownAll)
 	for i := 1; i <= n; i++ {
 		c.add()
@@ -163,7 +167,7 @@ func (c *cluster) config(id uint64) broker.Config {
 	p := freeport.Get(c.t, 4)
 	cfg := broker.Config{
 		NodeID:            id,
-		DataDir:           c.t.TempDir(),
+		DataDir:           filepath.Join(c.base, fmt.Sprintf("node%d", id)),
 		RaftHost:          "127.0.0.1",
 		RaftPort:          p[0],
 		ClientHost:        "127.0.0.1",

@@ -115,3 +115,54 @@ func fetchAll(t *testing.T, ctx context.Context, s *broker.Server, topic string)
 	}
 	return out
 }
+
+// TestLeaseAfterLeaderChange: a new Raft leader's first log entry is a
+// no-op, which the metadata never counts. A follower that leads a segment
+// must still renew its write lease from the new leader's heartbeat answers
+// (whose index covers the no-op) and acknowledge writes, with no metadata
+// change to catch up on.
+func TestLeaseAfterLeaderChange(t *testing.T) {
+	const lease = time.Second
+	c := newCluster(t, 3, func(cfg *broker.Config) { cfg.LeaseTimeout = lease })
+	ctx := testCtx(t, 60*time.Second)
+	old := c.raftLeader()
+	var topics []string
+	for i := range 12 {
+		name := fmt.Sprintf("noop-%d", i)
+		if err := old.srv.Register(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		topics = append(topics, name)
+	}
+	old.srv.HandOff(ctx) // rolls old's segments over, then transfers the leadership
+	leader := c.raftLeader()
+	if leader == old {
+		t.Fatal("the leadership did not move")
+	}
+	// The segments led by the node that neither led nor leads Raft.
+	var third *node
+	for _, n := range c.nodes {
+		if n != old && n != leader {
+			third = n
+		}
+	}
+	var mine []string
+	for _, name := range topics {
+		if st := stateOf(t, leader.srv, name); st.LeaderNode == third.id {
+			mine = append(mine, name)
+		}
+	}
+	if len(mine) == 0 {
+		t.Fatalf("no topic led by node %d", third.id)
+	}
+	// Any lease renewed before the change has run out by now.
+	time.Sleep(2 * lease)
+	for _, name := range mine {
+		pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+		_, err := third.srv.Put(pctx, name, rec("after"))
+		cancel()
+		if err != nil {
+			t.Fatalf("node %d, follower of the new leader %d: Put(%s): %v", third.id, leader.id, name, err)
+		}
+	}
+}

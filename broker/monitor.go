@@ -27,22 +27,38 @@ func (s *Server) every(d time.Duration, fn func()) {
 }
 
 // heartbeatLoop reports this node's applied index to the Raft leader every
-// HeartbeatInterval (the leader's METRICS shows them as replication).
+// HeartbeatInterval (the leader's METRICS shows them as replication); the
+// answers renew the node's write lease (leaseValid).
 func (s *Server) heartbeatLoop() { s.every(s.cfg.HeartbeatInterval, s.heartbeat) }
 
 func (s *Server) heartbeat() {
-	leader, _ := s.raft.Leader()
-	if leader == 0 || leader == s.self() {
-		return
-	}
 	ctx, cancel := context.WithTimeout(s.bg, s.cfg.HeartbeatInterval)
 	defer cancel()
-	_, err := s.bridge.Heartbeat(ctx, uint64(leader), bridge.Heartbeat{
-		NodeID: s.cfg.NodeID, AppliedIndex: s.raft.Metadata().Index, SentUnixNano: time.Now().UnixNano(),
-	})
-	if err != nil && s.bg.Err() == nil {
-		s.log.Debug("heartbeat to the raft leader failed", "leader", leader, "err", err)
+	s.sendHeartbeat(ctx, s.leaving.Load())
+}
+
+// sendHeartbeat reports to the Raft leader; leaving tells it this node is
+// stopping (HandOff). It renews the write lease with the answer and returns
+// the answer's Raft index (0 without one).
+func (s *Server) sendHeartbeat(ctx context.Context, leaving bool) uint64 {
+	leader, _ := s.raft.Leader()
+	if leader == 0 || leader == s.self() {
+		return 0
 	}
+	sent := time.Now()
+	ack, err := s.bridge.Heartbeat(ctx, uint64(leader), bridge.Heartbeat{
+		NodeID: s.cfg.NodeID, AppliedIndex: s.raft.Metadata().Index, SentUnixNano: sent.UnixNano(), Leaving: leaving,
+	})
+	if err != nil {
+		if s.bg.Err() == nil {
+			s.log.Debug("heartbeat to the raft leader failed", "leader", leader, "err", err)
+		}
+		return 0
+	}
+	if !ack.PeerFailing {
+		s.lease.heard(ack.LastIndex, sent)
+	}
+	return ack.LastIndex
 }
 
 // monitorLoop checks, every MonitorInterval (WALRUS_MONITOR_CHECK_MS), the

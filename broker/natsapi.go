@@ -28,7 +28,7 @@ func (s *Server) startAPI() error {
 		MaxMessageBytes: s.cfg.NATSMaxMessageBytes,
 		DedupWindow:     s.cfg.NATSDedupWindow,
 		RequestTimeout:  s.cfg.RequestTimeout,
-		Dropped:         func(reason string) { s.metrics.natsDropped.WithLabelValues(reason).Inc() },
+		Dropped:         func(reason string, n int) { s.metrics.natsDropped.WithLabelValues(reason).Add(float64(n)) },
 		Logger:          s.cfg.Logger,
 	}, natsBackend{s})
 	if err != nil {
@@ -142,6 +142,90 @@ func (b natsBackend) ReadFrom(ctx context.Context, topic string, from uint64, ma
 		}
 		poll = min(2*poll, 100*time.Millisecond)
 	}
+}
+
+// OpenLeader returns the node leading topic's open segment.
+func (b natsBackend) OpenLeader(topic string) (uint64, bool) {
+	t, ok := b.s.raft.Metadata().Topic(topic)
+	if !ok {
+		return 0, false
+	}
+	return uint64(t.Open().Leader), true
+}
+
+// recentChunk is how many entries Recent reads per step backwards.
+const recentChunk = 1024
+
+// Recent returns topic's entries stored at or after since, oldest first:
+// at most maxEntries, and reading stops once about maxBytes of payload are
+// read (the newest are kept). It reads the log backwards from its end,
+// which only the leader of the open segment knows; elsewhere it returns
+// nothing. On an error (a failed-over segment not reported yet, a node
+// down) it returns what it read with the error.
+func (b natsBackend) Recent(ctx context.Context, topic string, since time.Time, maxEntries int, maxBytes int64) ([]bridge.Entry, error) {
+	t, ok := b.s.raft.Metadata().Topic(topic)
+	if !ok {
+		return nil, publicError(unknownTopic(topic), false)
+	}
+	open := t.Open()
+	if open.Leader != b.s.self() {
+		return nil, nil
+	}
+	end := open.Base
+	if info, err := b.s.store.Segment(topic, storage.SegmentID(open.ID)); err == nil {
+		end += info.Count
+	}
+	cut := since.UnixNano()
+	var chunks [][]bridge.Entry // newest chunk first
+	total, bytes := 0, int64(0)
+	for hi := end; hi > 0 && total < maxEntries && bytes < maxBytes; {
+		lo := hi - min(hi, recentChunk)
+		var chunk []bridge.Entry
+		for off := lo; off < hi; {
+			es, next, err := b.s.readFrom(ctx, topic, off, int(hi-off), maxBytes-bytes)
+			if err != nil {
+				return joinNewestFirst(chunks, chunk, maxEntries), publicError(err, false)
+			}
+			for _, e := range es {
+				if e.Offset < hi {
+					chunk = append(chunk, e)
+					bytes += int64(len(e.Value))
+				}
+			}
+			if len(es) == 0 || next <= off {
+				break
+			}
+			off = next
+		}
+		older := len(chunk) > 0 && chunk[0].Timestamp < cut
+		i := 0
+		for i < len(chunk) && chunk[i].Timestamp < cut {
+			i++
+		}
+		chunks = append(chunks, chunk[i:])
+		total += len(chunk) - i
+		if older {
+			break
+		}
+		hi = lo
+	}
+	return joinNewestFirst(chunks, nil, maxEntries), nil
+}
+
+// joinNewestFirst puts chunks read backwards (and a partial chunk read
+// last, the oldest) back in log order, keeping the newest max entries.
+func joinNewestFirst(chunks [][]bridge.Entry, partial []bridge.Entry, max int) []bridge.Entry {
+	var out []bridge.Entry
+	if partial != nil {
+		out = append(out, partial...)
+	}
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	if len(out) > max {
+		out = out[len(out)-max:]
+	}
+	return out
 }
 
 // GroupOffset returns a group's committed offset. It reads through the

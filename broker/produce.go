@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -30,18 +31,25 @@ func validTopic(name string) bool {
 
 // Register creates topic if it does not exist. It returns once this node's
 // metadata knows the topic, so that a PUT right after it on this node works
-// (the original could answer "unknown topic" here).
+// (the original could answer "unknown topic" here), and once every node's
+// NATS server routes the topic's publish subject, so that a NATS publish
+// through any node right after it works too.
 func (s *Server) Register(ctx context.Context, topic string) error {
 	if !validTopic(topic) {
 		return fmt.Errorf("%w: %q", ErrInvalidTopic, topic)
 	}
-	if _, ok := s.raft.Metadata().Topic(topic); ok {
-		return nil
+	if _, ok := s.raft.Metadata().Topic(topic); !ok {
+		_, err := s.propose(ctx, cluster.Command{
+			Type: cluster.CmdCreateTopic, Topic: topic, MaxEntries: s.cfg.MaxSegmentEntries,
+		})
+		if err != nil {
+			return err
+		}
 	}
-	_, err := s.propose(ctx, cluster.Command{
-		Type: cluster.CmdCreateTopic, Topic: topic, MaxEntries: s.cfg.MaxSegmentEntries,
-	})
-	return err
+	if s.api != nil {
+		s.api.WaitPublishable(ctx, topic)
+	}
+	return nil
 }
 
 // Put appends records to topic's open segment, on whichever node leads it,
@@ -209,6 +217,16 @@ func (s *Server) ensureSegment(topic string, seg cluster.Segment) (storage.Segme
 		return info, err
 	}
 	if err := s.store.CreateSegment(topic, storage.SegmentID(seg.ID), seg.Epoch, storage.Offset(seg.Base)); err != nil {
+		if !errors.Is(err, storage.ErrSegmentExists) {
+			return info, err
+		}
+		// A concurrent append created the segment after the lookup above,
+		// and appends may already have filled and sealed it: the caller
+		// sees Sealed and retries on the next segment. An open segment
+		// that differs from the metadata stays an error.
+		if info, ierr := s.store.Segment(topic, storage.SegmentID(seg.ID)); ierr == nil && info.Sealed {
+			return info, nil
+		}
 		return info, err
 	}
 	return s.store.Segment(topic, storage.SegmentID(seg.ID))
@@ -223,14 +241,80 @@ func (s *Server) segmentBytes(topic string, id uint64) int64 {
 }
 
 // leaseValid reports whether this node may acknowledge appends: it is the
-// Raft leader, or heard from the leader within the lease time. A node cut
-// off from the quorum stops acknowledging before the Raft leader may fail
-// its segments over (FailoverTimeout > LeaseTimeout).
+// Raft leader, or
+//
+//   - it heard from the Raft leader within LeaseTimeout (Raft's last
+//     contact), and
+//   - within LeaseTimeout it sent a heartbeat (heartbeatLoop) that the Raft
+//     leader answered while its replication to this node worked, and this
+//     node has since applied the leader's last log index of that answer.
+//
+// A node cut off from the quorum stops acknowledging before the Raft leader
+// may fail its segments over (FailoverTimeout > LeaseTimeout). The second
+// condition keeps it from acknowledging once the cut heals but before it
+// has learnt what happened meanwhile: Raft heartbeats reach a returning
+// follower before the log entries it missed, so its last contact is fresh
+// while its metadata may still name it the leader of a segment that was
+// failed over. Any failover proposed before the leader answered is at or
+// below that answer's index.
 func (s *Server) leaseValid() bool {
 	if s.raft.IsLeader() {
 		return true
 	}
-	return time.Since(s.raft.LastContact()) < s.cfg.LeaseTimeout
+	if time.Since(s.raft.LastContact()) >= s.cfg.LeaseTimeout {
+		return false
+	}
+	// Raft's applied index, not the metadata's: the leader's last entry is
+	// often a no-op (a new term) or a configuration change, which the
+	// metadata never counts.
+	at := s.lease.caughtUp(s.raft.AppliedIndex())
+	return time.Since(at) < s.cfg.LeaseTimeout
+}
+
+// writeLease tracks the heartbeat answers that renew the write lease.
+type writeLease struct {
+	mu      sync.Mutex
+	at      time.Time      // send time of the newest answered heartbeat whose index is applied
+	pending []leaseRenewal // answered, index not applied yet; oldest first
+}
+
+// leaseRenewal is an answered heartbeat: sent at sent, it renews the lease
+// once the node has applied index.
+type leaseRenewal struct {
+	index uint64
+	sent  time.Time
+}
+
+// maxPendingRenewals bounds pending: under a steady write load the applied
+// index trails the leader's by a little, so a few answers wait at a time.
+const maxPendingRenewals = 16
+
+// heard records an answered heartbeat.
+func (l *writeLease) heard(index uint64, sent time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.pending) == maxPendingRenewals {
+		l.pending = l.pending[1:]
+	}
+	l.pending = append(l.pending, leaseRenewal{index: index, sent: sent})
+}
+
+// caughtUp returns the send time of the newest answered heartbeat whose
+// index is at most applied.
+func (l *writeLease) caughtUp(applied uint64) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	keep := l.pending[:0]
+	for _, r := range l.pending {
+		switch {
+		case r.index > applied:
+			keep = append(keep, r)
+		case r.sent.After(l.at):
+			l.at = r.sent
+		}
+	}
+	l.pending = keep
+	return l.at
 }
 
 // triggerRollover starts a rollover of topic's open segment in the

@@ -117,15 +117,28 @@ func (s *Server) proposeAsLeader(ctx context.Context, cmd cluster.Command) (clus
 			}
 		}
 	}
-	return s.raft.Propose(ctx, cmd)
+	res, err := s.raft.Propose(ctx, cmd)
+	if err == nil && s.cfg.afterPropose != nil {
+		s.cfg.afterPropose(cmd, res) // tests only (Config.afterPropose)
+	}
+	return res, err
 }
 
 // liveVoters returns the voters the Raft leader can reach, in id order
 // (always including itself).
 func (s *Server) liveVoters() []cluster.NodeID {
 	health := s.raft.PeerHealth()
+	s.mu.Lock()
+	leaving := map[cluster.NodeID]bool{}
+	for id, p := range s.mu.peers {
+		leaving[id] = p.leaving
+	}
+	s.mu.Unlock()
 	var live []cluster.NodeID
 	for _, id := range s.raft.Voters() {
+		if leaving[id] {
+			continue
+		}
 		if h, ok := health[id]; id == s.self() || !ok || !h.Failing {
 			live = append(live, id)
 		}

@@ -66,18 +66,27 @@ func (r remote) Propose(ctx context.Context, req bridge.ProposeRequest) (bridge.
 type peerReport struct {
 	applied uint64
 	seen    time.Time
+	leaving bool // the node is stopping (HandOff): place nothing new on it
 }
 
 // Heartbeat records a node's report on the Raft leader (used for the
-// METRICS replication view).
+// METRICS replication view) and answers with what the node needs to renew
+// its write lease.
 func (r remote) Heartbeat(ctx context.Context, hb bridge.Heartbeat) (bridge.HeartbeatAck, error) {
 	s := r.s
 	if !s.serving.Load() {
 		return bridge.HeartbeatAck{}, errStarting
 	}
 	s.mu.Lock()
-	s.mu.peers[cluster.NodeID(hb.NodeID)] = peerReport{applied: hb.AppliedIndex, seen: time.Now()}
+	s.mu.peers[cluster.NodeID(hb.NodeID)] = peerReport{applied: hb.AppliedIndex, seen: time.Now(), leaving: hb.Leaving}
 	s.mu.Unlock()
 	leader, _ := s.raft.Leader()
-	return bridge.HeartbeatAck{LeaderID: uint64(leader), Term: s.raft.Status().CurrentTerm}, nil
+	// LastIndex is read before the term: a failover proposed by now is
+	// covered, and the sender renews its lease only once it has applied it
+	// (leaseValid).
+	last := s.raft.LastIndex()
+	return bridge.HeartbeatAck{
+		LeaderID: uint64(leader), Term: s.raft.Status().CurrentTerm,
+		LastIndex: last, PeerFailing: s.raft.PeerHealth()[cluster.NodeID(hb.NodeID)].Failing,
+	}, nil
 }

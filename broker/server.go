@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/walrus-edge/walrus/bridge"
 	"github.com/walrus-edge/walrus/cluster"
@@ -37,8 +38,10 @@ type Server struct {
 	metrics *metrics
 	api     *bridge.API // the public NATS subjects; set by Start
 
-	tails    tailer   // publishes appends to the NATS tail subjects
-	appended notifier // wakes long polls at each local append
+	tails    tailer      // publishes appends to the NATS tail subjects
+	appended notifier    // wakes long polls at each local append
+	lease    writeLease  // heartbeat answers renewing the write lease (leaseValid)
+	leaving  atomic.Bool // HandOff began: heartbeats say so, nothing new is placed here
 
 	// serving is set once Raft has started: the bridge runs earlier (it
 	// carries the route seeds) and answers forwarded requests Unavailable
@@ -151,6 +154,7 @@ func (s *Server) startBridge(ctx context.Context) error {
 		RequestTimeout:      s.cfg.RequestTimeout,
 		Leafnodes:           s.cfg.NATSLeafnodeURLs,
 		LeafnodeCredentials: s.cfg.NATSLeafnodeCredentials,
+		ClientAdvertise:     s.cfg.NATSClientAdvertise,
 		Logger:              s.cfg.Logger, // the bridge adds the node id itself
 	})
 	if err != nil {
@@ -276,6 +280,103 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	return err
 }
+
+// handoffTimeout bounds HandOff.
+const handoffTimeout = 10 * time.Second
+
+// HandOff prepares a clean stop: it tells the Raft leader that this node
+// is leaving (no rollover or new topic is placed on it from then on), rolls
+// every open segment it leads over to another node and, if it leads Raft,
+// transfers the
+// leadership, so that writes go on without waiting for a failover (and
+// without the failover's gap in topic offsets). The segments it sealed stay
+// on this node: reads of them wait for its return, as before. It is bounded
+// by ctx and handoffTimeout; what does not complete is left to failover.
+// Call it before Shutdown; a single node has nobody to hand off to.
+func (s *Server) HandOff(ctx context.Context) {
+	if !s.serving.Load() || len(s.raft.Voters()) < 2 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, handoffTimeout)
+	defer cancel()
+	start := time.Now()
+	// First tell the Raft leader (or, leading, note) that this node is
+	// leaving, so that no rollover or new topic lands here meanwhile: a
+	// segment placed on a stopped node waits for the failover.
+	s.leaving.Store(true)
+	if s.raft.IsLeader() {
+		s.mu.Lock()
+		p := s.mu.peers[s.self()]
+		p.leaving = true
+		s.mu.peers[s.self()] = p
+		s.mu.Unlock()
+	} else {
+		hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval)
+		marked := s.sendHeartbeat(hctx, true)
+		hcancel()
+		// A segment placed here just before the leader heard it is in
+		// the leader's log up to marked: see it before looking.
+		for s.raft.AppliedIndex() < marked && ctx.Err() == nil && time.Since(start) < s.cfg.HeartbeatInterval {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if !s.leaseValid() {
+		return // cut off: what it leads is the failover's
+	}
+	moved := s.rollOverLed(ctx)
+	wasLeader := s.raft.IsLeader()
+	if wasLeader {
+		if err := s.raft.TransferLeadership(); err != nil {
+			s.log.Warn("raft leadership not handed off", "err", err)
+		}
+	}
+	if moved == 0 && !wasLeader {
+		return // nothing here that others may still route to
+	}
+	// Drain: the other nodes apply the rollovers a little later (when the
+	// leader next tells them the commit index), and until then route
+	// writes here. Answering them "not the leader" sends them on at once;
+	// a node that had already stopped would leave them to time out.
+	select {
+	case <-time.After(handoffDrain):
+	case <-ctx.Done():
+	}
+	s.log.Info("handed off before stopping", "segments", moved, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// rollOverLed rolls over every open segment this node leads, until it leads
+// none (a segment placed here while it looked is rolled over in the next
+// pass), a rollover fails, or ctx ends. It returns how many it moved.
+func (s *Server) rollOverLed(ctx context.Context) int {
+	moved := 0
+	for pass := 0; pass < 3 && ctx.Err() == nil; pass++ {
+		m := s.raft.Metadata()
+		found := false
+		for _, name := range m.TopicNames() {
+			t, _ := m.Topic(name)
+			if t.Open().Leader != s.self() {
+				continue
+			}
+			found = true
+			if !s.claimRollover(name) {
+				continue // one under way
+			}
+			s.runRollover(ctx, name)
+			if t, _ := s.raft.Metadata().Topic(name); t.Open().Leader == s.self() {
+				s.log.Warn("hand-off stopped: a rollover did not complete", "topic", name)
+				return moved
+			}
+			moved++
+		}
+		if !found {
+			break
+		}
+	}
+	return moved
+}
+
+// handoffDrain is how long HandOff keeps serving after the hand-off.
+const handoffDrain = time.Second
 
 // ClientAddr returns the native protocol listener's address.
 func (s *Server) ClientAddr() net.Addr { return s.tcp.addr() }

@@ -54,7 +54,8 @@ type Command struct {
 	// CmdAdvanceCursor: compare-and-set of the shared cursor. Token is the
 	// proposer's unique id for this move: a replay of a move that already
 	// applied (after an unknown outcome) answers Applied without moving the
-	// cursor again.
+	// cursor again, as long as the move is among the topic's last
+	// maxCursorMoves (see Result.TokenForgotten).
 	From  uint64 `json:"from,omitempty"`
 	To    uint64 `json:"to,omitempty"`
 	Token string `json:"token,omitempty"`
@@ -84,6 +85,12 @@ type Result struct {
 	Cursor uint64 `json:"cursor,omitempty"`
 	// Segment is the segment a topic command left open.
 	Segment uint64 `json:"segment,omitempty"`
+	// TokenForgotten qualifies a CmdAdvanceCursor that did not apply
+	// because the cursor had moved past From: the moves since From are no
+	// longer all remembered, so if the command replays an earlier proposal
+	// of the same move, whether that one applied is unknown. For a first
+	// proposal it means what a plain "cursor moved" means.
+	TokenForgotten bool `json:"token_forgotten,omitempty"`
 }
 
 // Errors of the cluster package.
@@ -103,7 +110,8 @@ var (
 	// before it knew whether the command committed. Every command is safe to
 	// propose again: creates and node updates are idempotent, segment
 	// commands name their epoch, and cursor moves carry a token the FSM
-	// remembers.
+	// remembers (for the last moves of the topic: a replay older than
+	// those is answered Result.TokenForgotten, never wrongly).
 	ErrOutcomeUnknown = errors.New("cluster: outcome unknown")
 )
 

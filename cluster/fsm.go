@@ -181,17 +181,24 @@ func applyTopic(m *Metadata, t *Topic, cmd Command, index uint64) (*Topic, Resul
 		nt.Segments[i].State, nt.Segments[i].Count = SegmentSealed, cmd.Count
 		return &nt, Result{Applied: true}
 	case CmdAdvanceCursor:
-		if cmd.Token != "" && slices.Contains(t.CursorTokens, cmd.Token) {
+		if cmd.Token != "" && slices.ContainsFunc(t.CursorMoves, func(m CursorMove) bool { return m.Token == cmd.Token }) {
 			return t, Result{Applied: true, Reason: "already applied", Cursor: t.Cursor}
 		}
 		if t.Cursor != cmd.From {
+			if cmd.Token != "" && cmd.From < t.Cursor && !t.remembersMovesFrom(cmd.From) {
+				// If this is a replay, its first proposal may have applied
+				// and been forgotten since: only the proposer knows
+				// whether it is one.
+				return t, Result{Reason: "cursor moved; the moves from there are no longer remembered",
+					Cursor: t.Cursor, TokenForgotten: true}
+			}
 			return t, Result{Reason: "cursor moved", Cursor: t.Cursor}
 		}
 		nt := *t
 		nt.Cursor = cmd.To
 		if cmd.Token != "" {
-			keep := t.CursorTokens[max(0, len(t.CursorTokens)-maxCursorTokens+1):]
-			nt.CursorTokens = append(slices.Clip(keep), cmd.Token)
+			keep := t.CursorMoves[max(0, len(t.CursorMoves)-maxCursorMoves+1):]
+			nt.CursorMoves = append(slices.Clip(keep), CursorMove{Token: cmd.Token, From: cmd.From})
 		}
 		return &nt, Result{Applied: true, Cursor: nt.Cursor}
 	case CmdCommitGroup:

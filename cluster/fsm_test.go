@@ -189,7 +189,8 @@ func TestFSM_SetCapture(t *testing.T) {
 
 // A cursor move replayed after an unknown outcome is recognised by its token:
 // it answers Applied without moving the cursor again, so the GET that made
-// it delivers its entry instead of losing it.
+// it delivers its entry instead of losing it. A replay of a move older than
+// the window of remembered moves is answered TokenForgotten.
 func TestFSM_CursorMoveReplay(t *testing.T) {
 	f, _ := applyAll(t, node(1), Command{Type: CmdCreateTopic, Topic: "t", NodeID: 1, MaxEntries: 10})
 	move := Command{Type: CmdAdvanceCursor, Topic: "t", From: 0, To: 1, Token: "get-a"}
@@ -205,13 +206,48 @@ func TestFSM_CursorMoveReplay(t *testing.T) {
 	if r := applyOne(t, f, 6, Command{Type: CmdAdvanceCursor, Topic: "t", From: 0, To: 1, Token: "get-c"}); r.Applied {
 		t.Fatalf("a new move from a stale cursor = %+v", r)
 	}
-	for i := range 2 * maxCursorTokens {
+	if r := applyOne(t, f, 6, Command{Type: CmdAdvanceCursor, Topic: "t", From: 1, To: 2, Token: "get-d"}); r.Applied || r.TokenForgotten {
+		t.Fatalf("a move that lost the race, all moves since remembered = %+v; want cursor moved", r)
+	}
+	for i := range 2 * maxCursorMoves {
 		c := uint64(2 + i)
 		applyOne(t, f, uint64(7+i), Command{Type: CmdAdvanceCursor, Topic: "t", From: c, To: c + 1, Token: fmt.Sprint("x", i)})
 	}
 	topic, _ := f.metadata().Topic("t")
-	if len(topic.CursorTokens) != maxCursorTokens || topic.Cursor != 2+2*maxCursorTokens {
-		t.Fatalf("tokens kept = %d, cursor %d", len(topic.CursorTokens), topic.Cursor)
+	if len(topic.CursorMoves) != maxCursorMoves || topic.Cursor != 2+2*maxCursorMoves {
+		t.Fatalf("moves kept = %d, cursor %d", len(topic.CursorMoves), topic.Cursor)
+	}
+	// get-a has left the window: its replay cannot be judged any more. Nor
+	// can a move from a cursor older than every remembered move.
+	idx := uint64(7 + 2*maxCursorMoves)
+	for _, c := range []Command{move, {Type: CmdAdvanceCursor, Topic: "t", From: 1, To: 2, Token: "get-e"}} {
+		if r := applyOne(t, f, idx, c); r.Applied || !r.TokenForgotten || r.Cursor != 2+2*maxCursorMoves {
+			t.Fatalf("replay of %s from %d after the window = %+v; want not applied, token forgotten", c.Token, c.From, r)
+		}
+		idx++
+	}
+	// The oldest move remembered started at 2+maxCursorMoves: a move from
+	// there lost the race for certain (and one in the window is known).
+	oldest := uint64(2 + maxCursorMoves)
+	if r := applyOne(t, f, idx, Command{Type: CmdAdvanceCursor, Topic: "t", From: oldest, To: oldest + 1, Token: "get-f"}); r.Applied || r.TokenForgotten {
+		t.Fatalf("move from the oldest remembered cursor = %+v; want cursor moved", r)
+	}
+	last := Command{Type: CmdAdvanceCursor, Topic: "t", From: oldest, To: oldest + 1, Token: fmt.Sprint("x", maxCursorMoves)}
+	if r := applyOne(t, f, idx+1, last); !r.Applied || r.Reason != "already applied" {
+		t.Fatalf("replay of the oldest remembered move = %+v", r)
+	}
+	// The window survives a snapshot.
+	snap, _ := f.Snapshot()
+	var sink sinkBuffer
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM()
+	if err := g.Restore(io.NopCloser(&sink.Buffer)); err != nil {
+		t.Fatal(err)
+	}
+	if r := applyOne(t, g, idx+2, last); !r.Applied || r.Reason != "already applied" {
+		t.Fatalf("replay after a restore = %+v", r)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -105,15 +106,19 @@ type testCluster struct {
 	// restart).
 	routes map[NodeID]string
 	nodes  map[NodeID]*Node
+	base   string // the nodes' directories are under it
 	tune   func(*Config)
 }
 
 func newTestCluster(t *testing.T) *testCluster {
 	checkGoroutines(t)
 	c := &testCluster{
-		t: t, log: testLogger(t),
+		t: t, log: testLogger(t), base: t.TempDir(),
 		dirs: map[NodeID]string{}, addrs: map[NodeID]string{}, uuids: map[NodeID]string{}, routes: map[NodeID]string{}, nodes: map[NodeID]*Node{},
 	}
+	// Registered after base's removal, so it runs before it: the nodes stop
+	// before their directories go (a snapshot written meanwhile would make
+	// the removal fail).
 	t.Cleanup(func() {
 		for id := range c.nodes {
 			c.stop(id)
@@ -124,7 +129,7 @@ func newTestCluster(t *testing.T) *testCluster {
 
 func (c *testCluster) config(id NodeID, join ...string) Config {
 	if c.dirs[id] == "" {
-		c.dirs[id] = c.t.TempDir()
+		c.dirs[id] = filepath.Join(c.base, fmt.Sprintf("node%d", id))
 		c.addrs[id] = freeAddr(c.t)
 		c.uuids[id] = fmt.Sprintf("uuid-%d-%d", id, time.Now().UnixNano())
 		c.routes[id] = fmt.Sprintf("nats-route://127.0.0.1:%d", 16000+id)

@@ -66,14 +66,34 @@ type Topic struct {
 	// Capture lists the NATS subjects (wildcards allowed) whose messages
 	// are stored in the topic.
 	Capture []string `json:"capture,omitempty"`
-	// CursorTokens are the tokens of the latest cursor moves (at most
-	// maxCursorTokens), so that a replayed move is recognised.
-	CursorTokens []string `json:"cursor_tokens,omitempty"`
+	// CursorMoves are the latest cursor moves that carried a token, oldest
+	// first (at most maxCursorMoves), so that a replayed move is
+	// recognised, and a replay older than all of them is reported as such
+	// (Result.TokenForgotten) instead of as a move that lost the race.
+	// (Snapshots before this field kept only the tokens, in
+	// "cursor_tokens"; a node restoring one starts with no moves
+	// remembered, which answers a replay TokenForgotten, never wrongly.)
+	CursorMoves []CursorMove `json:"cursor_moves,omitempty"`
 }
 
-// maxCursorTokens bounds Topic.CursorTokens: more than the cursor moves
-// that can be in flight with an unknown outcome at once.
-const maxCursorTokens = 64
+// CursorMove is a cursor move remembered by its token.
+type CursorMove struct {
+	Token string `json:"token"`
+	From  uint64 `json:"from"` // the cursor the move started from
+}
+
+// maxCursorMoves bounds Topic.CursorMoves. A replay of a move that has
+// left the window cannot be judged (Result.TokenForgotten): the window is
+// how many later moves a replay may come after and still be answered.
+const maxCursorMoves = 64
+
+// remembersMovesFrom reports whether every move with a token that started
+// at cursor from or later is in t.CursorMoves. The cursor only moves
+// forward, so such a move is no older than the oldest one remembered if
+// that one started at or before from.
+func (t *Topic) remembersMovesFrom(from uint64) bool {
+	return len(t.CursorMoves) > 0 && t.CursorMoves[0].From <= from
+}
 
 // Open returns the topic's open segment.
 func (t *Topic) Open() Segment { return t.Segments[len(t.Segments)-1] }

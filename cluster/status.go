@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -280,6 +281,40 @@ func (n *Node) PeerHealth() map[NodeID]PeerHealth {
 		out[id] = p
 	}
 	return out
+}
+
+// AppliedIndex returns the index of the last Raft log entry this node has
+// applied, of any kind: unlike Metadata().Index, which moves only with
+// commands, it also covers the leader's no-op and configuration entries, so
+// it reaches another node's LastIndex once this node has caught up.
+func (n *Node) AppliedIndex() uint64 {
+	if r := n.raft.Load(); r != nil {
+		return r.AppliedIndex()
+	}
+	return 0
+}
+
+// TransferLeadership hands the Raft leadership to another voter and waits
+// until it has (leader only).
+func (n *Node) TransferLeadership() error {
+	r := n.raft.Load()
+	if r == nil {
+		return ErrShutdown
+	}
+	if err := r.LeadershipTransfer().Error(); err != nil {
+		return fmt.Errorf("cluster: transfer leadership: %w", err)
+	}
+	return nil
+}
+
+// LastIndex returns the index of the last entry in this node's Raft log,
+// committed or not (0 when Raft is not running). On the leader it covers
+// every command proposed so far.
+func (n *Node) LastIndex() uint64 {
+	if r := n.raft.Load(); r != nil {
+		return r.LastIndex()
+	}
+	return 0
 }
 
 // Status returns the node's Raft state. Indexes and terms come from the

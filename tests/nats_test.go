@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,19 +66,11 @@ func TestNATS_CrossProtocol(t *testing.T) {
 	}
 	nc2 := natsConnect(t, c.Node(2))
 	payloads := []string{"plain", "with  two  inner   spaces", "ünïcödé ✓ 🦭", strings.Repeat("x", 8<<10)}
+	// The topic was registered over TCP through node 1, and REGISTER
+	// replies only once every node routes its publish subject: the first
+	// publish through node 2 must find it, without retrying.
 	for _, p := range payloads {
-		// The topic was registered through node 1: retry until node 2 routes
-		// its publish subject (a few milliseconds).
-		var err error
-		for range 100 {
-			if _, err = natsTry(nc2, "walrus.pub.mixed", []byte(p)); !errors.Is(err, nats.ErrNoResponders) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		natsReq(t, nc2, "walrus.pub.mixed", []byte(p))
 	}
 	r := c.Client(3)
 	for i, want := range payloads {
@@ -188,4 +181,96 @@ func TestNATS_FetchLoopAcrossRestart(t *testing.T) {
 		t.Fatal("node 2 was never restarted")
 	}
 	equal(t, "consumed through node 2's group across its restart", got, want)
+}
+
+// A single walrus process answers every malformed NATS request with a clear
+// error — the Walrus-Error header and a JSON body with the same code and a
+// message — and goes on serving: a producer and a consumer keep working
+// between the bad requests, and the node never exits (the harness fails
+// the test on a crash).
+func TestNATS_BadRequests(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Nodes: 1, Args: []string{"--nats-max-message-bytes", "4096"}})
+	nc := natsConnect(t, c.Node(1))
+	natsReq(t, nc, "walrus.admin.register.good", nil)
+
+	huge := bytes.Repeat([]byte("x"), 5000)
+	cases := []struct {
+		name, subject string
+		body          []byte
+		hdr           []string
+		code          string
+	}{
+		{"fetch bad JSON", "walrus.fetch.good", []byte(`{"offset":`), nil, "bad_request"},
+		{"fetch binary garbage", "walrus.fetch.good", []byte{0xff, 0x00, 0x7b, 0x22}, nil, "bad_request"},
+		{"fetch unknown field", "walrus.fetch.good", []byte(`{"ofset":1}`), nil, "bad_request"},
+		{"fetch trailing data", "walrus.fetch.good", []byte(`{"offset":1} {}`), nil, "bad_request"},
+		{"fetch offset and group", "walrus.fetch.good", []byte(`{"offset":1,"group":"g"}`), nil, "bad_request"},
+		{"fetch negative max", "walrus.fetch.good", []byte(`{"max":-1}`), nil, "bad_request"},
+		{"fetch max too big", "walrus.fetch.good", []byte(`{"max":100000}`), nil, "bad_request"},
+		{"fetch negative offset", "walrus.fetch.good", []byte(`{"offset":-1}`), nil, "bad_request"},
+		{"fetch wait too long", "walrus.fetch.good", []byte(`{"wait_ms":3600000}`), nil, "bad_request"},
+		{"fetch commit without group", "walrus.fetch.good", []byte(`{"commit":true}`), nil, "bad_request"},
+		{"fetch unknown topic", "walrus.fetch.nope", []byte(`{}`), nil, "unknown_topic"},
+		{"get unknown topic", "walrus.get.nope", nil, nil, "unknown_topic"},
+		{"commit unknown topic", "walrus.commit.nope", []byte(`{"group":"g","offset":1}`), nil, "unknown_topic"},
+		{"commit without group", "walrus.commit.good", []byte(`{"offset":1}`), nil, "bad_request"},
+		{"commit bad JSON", "walrus.commit.good", []byte(`[]`), nil, "bad_request"},
+		{"state unknown topic", "walrus.admin.state.nope", nil, nil, "unknown_topic"},
+		{"capture unknown topic", "walrus.admin.capture.nope", []byte(`{"subjects":["a.b"]}`), nil, "unknown_topic"},
+		{"capture own prefix", "walrus.admin.capture.good", []byte(`{"subjects":["walrus.>"]}`), nil, "bad_request"},
+		{"capture system subject", "walrus.admin.capture.good", []byte(`{"subjects":["_INBOX.>"]}`), nil, "bad_request"},
+		{"capture leading wildcard", "walrus.admin.capture.good", []byte(`{"subjects":["*.temp"]}`), nil, "bad_request"},
+		{"capture invalid subject", "walrus.admin.capture.good", []byte(`{"subjects":["a..b"]}`), nil, "bad_request"},
+		{"unknown admin verb", "walrus.admin.drop.good", nil, nil, "bad_request"},
+		{"publish too large", "walrus.pub.good", huge, nil, "too_large"},
+		{"publish reserved header", "walrus.pub.good", []byte("x"), []string{"Walrus-Offset", "7"}, "bad_request"},
+	}
+	for i, tc := range cases {
+		m := nats.NewMsg(tc.subject)
+		m.Data = tc.body
+		for j := 0; j+1 < len(tc.hdr); j += 2 {
+			m.Header.Add(tc.hdr[j], tc.hdr[j+1])
+		}
+		reply, err := nc.RequestMsg(m, 10*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var body struct {
+			Error struct{ Code, Message string }
+		}
+		if err := json.Unmarshal(reply.Data, &body); err != nil {
+			t.Fatalf("%s: error body %q: %v", tc.name, reply.Data, err)
+		}
+		if got := reply.Header.Get("Walrus-Error"); got != tc.code || body.Error.Code != tc.code || body.Error.Message == "" {
+			t.Fatalf("%s: header %q, body %s; want code %s with a message", tc.name, got, reply.Data, tc.code)
+		}
+		t.Logf("%s: %s", tc.name, body.Error.Message)
+
+		// The node still serves, and nothing bad was stored.
+		v := fmt.Sprintf("ok-%d", i)
+		ack := natsReq(t, nc, "walrus.pub.good", []byte(v))
+		var pos struct{ Offset uint64 }
+		if err := json.Unmarshal(ack.Data, &pos); err != nil || pos.Offset != uint64(i) {
+			t.Fatalf("after %s: ack %q (%v), want offset %d", tc.name, ack.Data, err, i)
+		}
+		var f fetchReply
+		if err := json.Unmarshal(natsReq(t, nc, "walrus.fetch.good", fmt.Appendf(nil, `{"offset":%d}`, i)).Data, &f); err != nil ||
+			len(f.Entries) != 1 || string(f.Entries[0].Data) != v {
+			t.Fatalf("after %s: fetch %d = %+v, %v; want %q", tc.name, i, f, err, v)
+		}
+	}
+	// A plain publish that is refused has nobody to tell: it is dropped
+	// and counted, and the topic is unchanged.
+	if err := nc.Publish("walrus.pub.good", huge); err != nil {
+		t.Fatal(err)
+	}
+	ack := natsReq(t, nc, "walrus.pub.good", []byte("last"))
+	var pos struct{ Offset uint64 }
+	if err := json.Unmarshal(ack.Data, &pos); err != nil || pos.Offset != uint64(len(cases)) {
+		t.Fatalf("after a refused plain publish: ack %q, want offset %d", ack.Data, len(cases))
+	}
+	// And a request to a topic that does not exist gets NATS's no responders.
+	if _, err := nc.Request("walrus.pub.nope", []byte("x"), 5*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("publish request to an unknown topic: %v, want no responders", err)
+	}
 }

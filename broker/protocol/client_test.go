@@ -15,16 +15,6 @@ import (
 	"github.com/walrus-edge/walrus/broker/protocol/protocoltest"
 )
 
-func newServer(t *testing.T, h protocoltest.Handler) *protocoltest.Server {
-	t.Helper()
-	srv, err := protocoltest.NewServer(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return srv
-}
-
 func dial(t *testing.T, addr string, opts ...protocol.Option) *protocol.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -44,7 +34,7 @@ func testCtx(t *testing.T) context.Context {
 }
 
 func TestClient_RoundTrip(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	c := dial(t, srv.Addr())
 	ctx := testCtx(t)
 
@@ -124,7 +114,7 @@ func TestClient_RoundTrip(t *testing.T) {
 }
 
 func TestClient_LocalValidation(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	c := dial(t, srv.Addr())
 	ctx := testCtx(t)
 	if err := c.Put(ctx, "a b", []byte("x")); !errors.Is(err, protocol.ErrInvalidTopic) {
@@ -149,7 +139,7 @@ func TestClient_UnexpectedReplies(t *testing.T) {
 		protocol.VerbFetch:    protocol.PayloadReply([]byte("nan x")),
 		protocol.VerbPing:     protocol.PayloadReply([]byte("PANG")),
 	}
-	srv := newServer(t, protocoltest.HandlerFunc(func(c protocol.Command) protocol.Reply { return replies[c.Verb] }))
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(c protocol.Command) protocol.Reply { return replies[c.Verb] }))
 	c := dial(t, srv.Addr())
 	ctx := testCtx(t)
 	if err := c.Register(ctx, "t"); !errors.Is(err, protocol.ErrUnexpectedReply) {
@@ -170,7 +160,7 @@ func TestClient_UnexpectedReplies(t *testing.T) {
 }
 
 func TestClient_StateAcceptsOKPrefix(t *testing.T) {
-	srv := newServer(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
 		return protocol.PayloadReply([]byte(`{"state":"Leader"}`))
 	}))
 	c := dial(t, srv.Addr())
@@ -183,7 +173,7 @@ func TestClient_StateAcceptsOKPrefix(t *testing.T) {
 // The server closing an idle connection (restart, idle timeout) is
 // repaired before the next request is sent, so no call fails.
 func TestClient_ReconnectsWhenServerClosedIdleConn(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	srv.SetCloseAfterReply(true)
 	c := dial(t, srv.Addr())
 	ctx := testCtx(t)
@@ -212,7 +202,7 @@ func waitClosed(t *testing.T, srv *protocoltest.Server) {
 }
 
 func TestClient_NoReconnect(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	c := dial(t, srv.Addr(), protocol.WithReconnect(false))
 	ctx := testCtx(t)
 	if err := c.Ping(ctx); err != nil {
@@ -233,7 +223,7 @@ func TestClient_NoResendAfterRequestSent(t *testing.T) {
 		puts int
 	)
 	srvRef := make(chan *protocoltest.Server, 1)
-	srv := newServer(t, protocoltest.HandlerFunc(func(c protocol.Command) protocol.Reply {
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(c protocol.Command) protocol.Reply {
 		mu.Lock()
 		defer mu.Unlock()
 		puts++
@@ -316,7 +306,7 @@ func TestClient_ContextDeadlineAndCancel(t *testing.T) {
 }
 
 func TestClient_ReplyTooLarge(t *testing.T) {
-	srv := newServer(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
 		return protocol.RawReply([]byte(strings.Repeat("x", 100)))
 	}))
 	c := dial(t, srv.Addr(), protocol.WithMaxReplySize(64))
@@ -326,7 +316,7 @@ func TestClient_ReplyTooLarge(t *testing.T) {
 }
 
 func TestClient_OversizeRequestClosesConn(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	c := dial(t, srv.Addr())
 	ctx := testCtx(t)
 	got, err := c.Do(ctx, "PUT t "+strings.Repeat("x", protocol.DefaultMaxFrameSize))
@@ -340,7 +330,7 @@ func TestClient_OversizeRequestClosesConn(t *testing.T) {
 }
 
 func TestClient_Close(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	c := dial(t, srv.Addr())
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -367,7 +357,7 @@ func TestClient_DialError(t *testing.T) {
 
 // Concurrent callers share the connection; each gets its own reply.
 func TestClient_ConcurrentCallsAreSerialised(t *testing.T) {
-	srv := newServer(t, protocoltest.HandlerFunc(func(c protocol.Command) protocol.Reply {
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(c protocol.Command) protocol.Reply {
 		return protocol.PayloadReply(c.Payload) // echo
 	}))
 	c := dial(t, srv.Addr())

@@ -12,16 +12,6 @@ import (
 	"github.com/walrus-edge/walrus/broker/protocol/protocoltest"
 )
 
-func newServer(t *testing.T, h protocoltest.Handler) *protocoltest.Server {
-	t.Helper()
-	srv, err := protocoltest.NewServer(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return srv
-}
-
 type result struct {
 	code           int
 	stdout, stderr string
@@ -38,7 +28,7 @@ func runCLI(t *testing.T, stdin string, args ...string) result {
 
 func TestRun_OneShots(t *testing.T) {
 	t.Setenv(envAddr, "")
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	a := "--addr=" + srv.Addr()
 	steps := []struct {
 		args   []string
@@ -78,7 +68,7 @@ func TestRun_OneShots(t *testing.T) {
 
 func TestRun_Usage(t *testing.T) {
 	t.Setenv(envAddr, "")
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	a := "--addr=" + srv.Addr()
 	for _, args := range [][]string{
 		{a, "register"},
@@ -115,7 +105,7 @@ func TestRun_Usage(t *testing.T) {
 }
 
 func TestRun_AddrFromEnv(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	t.Setenv(envAddr, srv.Addr())
 	if r := runCLI(t, "", "ping"); r.code != 0 || r.stdout != "PONG\n" {
 		t.Fatalf("ping via $WALRUS_ADDR = %+v", r)
@@ -136,7 +126,7 @@ func TestRun_ConnectionRefused(t *testing.T) {
 
 func TestRun_Timeout(t *testing.T) {
 	release := make(chan struct{})
-	srv := newServer(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
 		<-release
 		return protocol.OKReply()
 	}))
@@ -152,7 +142,7 @@ func TestRun_Timeout(t *testing.T) {
 }
 
 func TestRun_UnexpectedReply(t *testing.T) {
-	srv := newServer(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
+	srv := protocoltest.Start(t, protocoltest.HandlerFunc(func(protocol.Command) protocol.Reply {
 		return protocol.EmptyReply()
 	}))
 	r := runCLI(t, "", "--addr", srv.Addr(), "register", "t")

@@ -16,7 +16,7 @@ import (
 
 func TestREPL_Piped(t *testing.T) {
 	t.Setenv(envAddr, "")
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	script := strings.Join([]string{
 		"REGISTER logs",
 		`PUT logs "hello world"`,
@@ -59,7 +59,7 @@ func TestREPL_Piped(t *testing.T) {
 }
 
 func TestREPL_LastLineWithoutNewlineAndDefaultSubcommand(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	for _, args := range [][]string{{"--addr", srv.Addr()}, {"--addr", srv.Addr(), "repl"}} {
 		r := runCLI(t, "PING\nPING", args...)
 		if r.code != 0 || r.stdout != "OK PONG\nOK PONG\n" {
@@ -108,7 +108,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // timeout) is invisible to the user: the next line goes out on a new
 // connection.
 func TestREPL_ReconnectsTransparently(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	stdin, feed := io.Pipe()
 	var out, errOut syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -134,7 +134,7 @@ func TestREPL_ReconnectsTransparently(t *testing.T) {
 }
 
 func TestREPL_CancelWhileWaitingForInput(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	stdin, feed := io.Pipe()
 	defer feed.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -161,7 +161,7 @@ func (f *fakeTTY) Read(p []byte) (int, error)  { return f.in.Read(p) }
 func (f *fakeTTY) Write(p []byte) (int, error) { return f.out.Write(p) }
 
 func TestREPL_Terminal(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	// "REGISTER t", "PUT t a b", then up-arrow twice (history) to repeat
 	// "REGISTER t", then Ctrl-D on an empty line.
 	keys := "REGISTER t\rPUT t a b\r\x1b[A\x1b[A\r\x04"
@@ -182,7 +182,7 @@ func TestREPL_Terminal(t *testing.T) {
 }
 
 func TestREPL_TerminalCtrlC(t *testing.T) {
-	srv := newServer(t, protocoltest.NewMemory())
+	srv := protocoltest.Start(t, protocoltest.NewMemory())
 	tty := &fakeTTY{in: strings.NewReader("PIN\x03G\r")}
 	tm := term.NewTerminal(tty, prompt)
 	cfg := config{addr: srv.Addr(), timeout: 5 * time.Second}

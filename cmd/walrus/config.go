@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,7 +31,15 @@ import (
 // the original's WALRUS_MAX_SEGMENT_ENTRIES, WALRUS_MONITOR_CHECK_MS and
 // WALRUS_DISABLE_IO_URING.
 type nodeConfig struct {
-	NodeID            uint64 `koanf:"node-id"`
+	NodeID uint64 `koanf:"node-id"`
+	// NodeIDFromHostname derives NodeID from the host name of a
+	// StatefulSet pod (walrus-<ordinal>): the ordinal plus one. It excludes
+	// an explicit NodeID.
+	NodeIDFromHostname bool `koanf:"node-id-from-hostname"`
+	// BootstrapNodeID, when not 0, names the one node that bootstraps a new
+	// cluster when it has no Raft state; the others join through Join. It
+	// lets every node of a StatefulSet share one Join list.
+	BootstrapNodeID   uint64 `koanf:"bootstrap-node-id"`
 	DataDir           string `koanf:"data-dir"`
 	RaftHost          string `koanf:"raft-host"`
 	RaftPort          int    `koanf:"raft-port"`
@@ -46,6 +57,7 @@ type nodeConfig struct {
 	// element (a flag or env value) may hold several, comma-separated.
 	NATSLeafnodeURL   []string `koanf:"nats-leafnode-url"`
 	NATSLeafnodeCreds string   `koanf:"nats-leafnode-credentials"`
+	NATSClientAdv     string   `koanf:"nats-client-advertise"`
 
 	HTTPPort          int    `koanf:"http-port"`
 	MaxSegmentEntries uint64 `koanf:"max-segment-entries"`
@@ -64,12 +76,20 @@ type nodeConfig struct {
 	LogLevel          string `koanf:"log-level"`
 	LogFormat         string `koanf:"log-format"`
 	LogFile           string `koanf:"log-file"`
+
+	// ignored lists the settings of the file and the environment that are
+	// not flags (typos, or foreign WALRUS_* variables), and the settings of
+	// the file that a WALRUS_* variable overrides (an image's environment
+	// does that silently), for a warning.
+	ignored []string
 }
 
 // nodeFlags declares the node's flags with their defaults.
 func nodeFlags(fs *flag.FlagSet) {
 	fs.String("config", "", "YAML configuration file (keys are the flag names)")
 	fs.Uint64("node-id", 1, "unique node id")
+	fs.Bool("node-id-from-hostname", false, "derive the node id from a StatefulSet pod's host name: <name>-<ordinal> is node ordinal+1 (not with --node-id)")
+	fs.Uint64("bootstrap-node-id", 0, "with no Raft state, the node with this id bootstraps a new cluster and ignores --join; the others join (0: a node bootstraps when --join is empty)")
 	fs.String("data-dir", broker.DefaultDataDir, "root data directory (the node uses <data-dir>/node_<id>)")
 	fs.String("raft-host", "127.0.0.1", "address Raft and joins listen on")
 	fs.Int("raft-port", broker.DefaultRaftPort, "Raft and join port")
@@ -85,6 +105,7 @@ func nodeFlags(fs *flag.FlagSet) {
 	fs.Int("nats-dedup-window-ms", int(broker.DefaultNATSDedupWindow/time.Millisecond), "how long a Nats-Msg-Id is remembered per topic, in milliseconds (0: no deduplication)")
 	fs.String("nats-leafnode-url", "", "upstream NATS leafnode URL(s), comma-separated (nats-leaf://host:7422, tls://...); user:password@ allowed")
 	fs.String("nats-leafnode-credentials", "", ".creds file (JWT and nkey) for the upstream leafnode account")
+	fs.String("nats-client-advertise", "", "host:port NATS clients are told to reach this node at (default: the raft advertise host and --nats-port)")
 	fs.Int("http-port", 0, "HTTP port for /metrics, /healthz and /readyz (0: off)")
 	fs.Uint64("max-segment-entries", broker.DefaultMaxSegmentEntries, "roll a segment over at this many entries")
 	fs.Int64("max-segment-bytes", broker.DefaultMaxSegmentBytes, "roll a segment over at this many bytes")
@@ -107,6 +128,12 @@ func nodeFlags(fs *flag.FlagSet) {
 
 // loadNodeConfig layers defaults < YAML file < env < flags.
 func loadNodeConfig(args []string, environ []string, stderr io.Writer) (nodeConfig, error) {
+	return loadConfig(args, environ, stderr, os.Hostname)
+}
+
+// loadConfig is loadNodeConfig with the host name (for
+// --node-id-from-hostname) read by hostname.
+func loadConfig(args, environ []string, stderr io.Writer, hostname func() (string, error)) (nodeConfig, error) {
 	fs := flag.NewFlagSet("walrus", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	nodeFlags(fs)
@@ -116,19 +143,38 @@ func loadNodeConfig(args []string, environ []string, stderr io.Writer) (nodeConf
 	if fs.NArg() > 0 {
 		return nodeConfig{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	var ignored, fileKeys []string
 	k := koanf.New(".")
 	if path := fs.Lookup("config").Value.String(); path != "" {
 		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
 			return nodeConfig{}, fmt.Errorf("config file %s: %w", path, err)
 		}
+		fileKeys = k.Keys()
+		for _, key := range fileKeys {
+			if !isSetting(key) {
+				ignored = append(ignored, fmt.Sprintf("config file %s: %q is not a setting", path, key))
+			}
+		}
 	}
 	if err := k.Load(envProvider(environ), nil); err != nil {
 		return nodeConfig{}, fmt.Errorf("environment: %w", err)
+	}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		switch key := envKey(name); {
+		case !strings.HasPrefix(name, "WALRUS_"):
+		case !isSetting(key):
+			ignored = append(ignored, fmt.Sprintf("environment: %s is not a setting", name))
+		case slices.Contains(fileKeys, key):
+			ignored = append(ignored, fmt.Sprintf("config file %s: %q is overridden by the environment's %s",
+				fs.Lookup("config").Value.String(), key, name))
+		}
 	}
 	if v, ok := lookupEnv(environ, "WALRUS_DISABLE_IO_URING"); ok && v == "" {
 		_ = k.Set("disable-io-uring", true) // the original: set to anything, even empty
 	}
 	levelConfigured := k.Exists("log-level") // by the file or WALRUS_LOG_LEVEL
+	nodeIDGiven := k.Exists("node-id") || flagSet(fs, "node-id")
 	if port := fs.Lookup("port"); port.Value.String() != "0" {
 		_ = fs.Set("client-port", port.Value.String())
 	}
@@ -144,7 +190,53 @@ func loadNodeConfig(args []string, environ []string, stderr io.Writer) (nodeConf
 			c.LogLevel = rustLogLevel(v)
 		}
 	}
+	if c.NodeIDFromHostname {
+		if nodeIDGiven {
+			return nodeConfig{}, errors.New("node-id and node-id-from-hostname are both given: use one of them")
+		}
+		host, err := hostname()
+		if err != nil {
+			return nodeConfig{}, fmt.Errorf("node-id-from-hostname: %w", err)
+		}
+		if c.NodeID, err = nodeIDFromHostname(host); err != nil {
+			return nodeConfig{}, fmt.Errorf("node-id-from-hostname: %w", err)
+		}
+	}
+	c.ignored = ignored
 	return c, nil
+}
+
+// isSetting reports whether key is a setting of nodeConfig. The file and
+// the environment may give only these: the flags --config and --port (the
+// alias of --client-port) and the ignored --initial-peer are not settings.
+func isSetting(key string) bool {
+	t := reflect.TypeFor[nodeConfig]()
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("koanf") == key {
+			return true
+		}
+	}
+	return false
+}
+
+// nodeIDFromHostname returns the node id of a StatefulSet pod: the ordinal
+// that ends its host name ("walrus-2", or "walrus-2.walrus-headless..." for
+// a fully qualified one) plus one, so that pod walrus-0 is node 1.
+func nodeIDFromHostname(host string) (uint64, error) {
+	name, _, _ := strings.Cut(host, ".")
+	i := strings.LastIndexByte(name, '-')
+	ord := name[i+1:]
+	if i <= 0 || ord == "" || strings.Trim(ord, "0123456789") != "" {
+		return 0, fmt.Errorf("host name %q does not end in -<ordinal> (a StatefulSet pod is named <statefulset>-<ordinal>, e.g. walrus-0)", host)
+	}
+	if len(ord) > 1 && ord[0] == '0' {
+		return 0, fmt.Errorf("host name %q: ordinal %q has a leading zero", host, ord)
+	}
+	n, err := strconv.ParseUint(ord, 10, 64)
+	if err != nil || n == math.MaxUint64 {
+		return 0, fmt.Errorf("host name %q: ordinal %s out of range", host, ord)
+	}
+	return n + 1, nil
 }
 
 // envProvider maps WALRUS_FOO_BAR to the key foo-bar.
@@ -152,7 +244,7 @@ func envProvider(environ []string) *env.Env {
 	return env.Provider(".", env.Opt{
 		Prefix: "WALRUS_",
 		TransformFunc: func(k, v string) (string, any) {
-			key := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, "WALRUS_")), "_", "-")
+			key := envKey(k)
 			if key == "disable-io-uring" {
 				return key, true // the original disabled io_uring when the variable was set at all
 			}
@@ -160,6 +252,11 @@ func envProvider(environ []string) *env.Env {
 		},
 		EnvironFunc: func() []string { return environ },
 	})
+}
+
+// envKey maps the variable WALRUS_FOO_BAR to its key, foo-bar.
+func envKey(name string) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "WALRUS_")), "_", "-")
 }
 
 func lookupEnv(environ []string, name string) (string, bool) {
@@ -214,6 +311,7 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		NATSDedupWindow:         ms(c.NATSDedupWindowMS),
 		NATSLeafnodeURLs:        splitList(c.NATSLeafnodeURL...),
 		NATSLeafnodeCredentials: c.NATSLeafnodeCreds,
+		NATSClientAdvertise:     c.NATSClientAdv,
 
 		MaxSegmentEntries: max(c.MaxSegmentEntries, 1),
 		MaxSegmentBytes:   c.MaxSegmentBytes,
@@ -252,6 +350,16 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		bc.HTTPAddr = net.JoinHostPort(c.ClientHost, strconv.Itoa(c.HTTPPort))
 	}
 	bc.Join = splitList(c.Join)
+	if c.BootstrapNodeID != 0 {
+		if len(bc.Join) == 0 {
+			return broker.Config{}, fmt.Errorf("bootstrap node id %d needs --join: without it every node bootstraps a cluster of its own", c.BootstrapNodeID)
+		}
+		if c.BootstrapNodeID == c.NodeID {
+			// With Raft state the join list is not used anyway; without
+			// it, no join list means bootstrap.
+			bc.Join = nil
+		}
+	}
 	return bc, bc.Validate()
 }
 
@@ -271,9 +379,9 @@ func splitList(lists ...string) []string {
 
 // newLogger builds the process logger.
 func newLogger(c nodeConfig, stderr io.Writer) (*slog.Logger, io.Closer, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return nil, nil, fmt.Errorf("log level %q: %w", c.LogLevel, err)
+	level, err := c.logLevel()
+	if err != nil {
+		return nil, nil, err
 	}
 	out, closer := stderr, io.Closer(nopCloser{})
 	if c.LogFile != "" {
@@ -291,7 +399,29 @@ func newLogger(c nodeConfig, stderr io.Writer) (*slog.Logger, io.Closer, error) 
 		return slog.New(slog.NewJSONHandler(out, opts)), closer, nil
 	}
 	_ = closer.Close() // the format error is the one to report
-	return nil, nil, errors.New("log format must be text or json")
+	return nil, nil, errLogFormat
+}
+
+var errLogFormat = errors.New("log format must be text or json")
+
+// logLevel parses the log level.
+func (c nodeConfig) logLevel() (slog.Level, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, fmt.Errorf("log level %q: %w", c.LogLevel, err)
+	}
+	return level, nil
+}
+
+// checkLog checks the log settings without opening the log file.
+func (c nodeConfig) checkLog() error {
+	if _, err := c.logLevel(); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return errLogFormat
+	}
+	return nil
 }
 
 func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }

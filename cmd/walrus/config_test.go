@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -225,5 +226,260 @@ func TestRun_NodeStartsAndStops(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node_1", "node.json")); err != nil {
 		t.Fatalf("node directory: %v", err)
+	}
+}
+
+func hostnameIs(name string) func() (string, error) {
+	return func() (string, error) { return name, nil }
+}
+
+// A StatefulSet pod's host name ends in its ordinal: walrus-0 is node 1.
+func TestNodeIDFromHostname(t *testing.T) {
+	for host, want := range map[string]uint64{
+		"walrus-0":            1,
+		"walrus-2":            3,
+		"walrus-10":           11,
+		"my-release-walrus-4": 5,
+		"walrus-2.walrus-headless.ns.svc.cluster.local":   3,
+		"w-18446744073709551614":                          18446744073709551615,
+		"edge-site-1-walrus-0.walrus.default.svc.cluster": 1,
+	} {
+		if got, err := nodeIDFromHostname(host); err != nil || got != want {
+			t.Errorf("nodeIDFromHostname(%q) = %d, %v; want %d", host, got, err, want)
+		}
+	}
+	for host, want := range map[string]string{
+		"":                       "does not end in -<ordinal>",
+		"walrus":                 `host name "walrus" does not end in -<ordinal>`,
+		"walrus-":                "does not end in -<ordinal>",
+		"-3":                     "does not end in -<ordinal>",
+		"walrus-a":               "does not end in -<ordinal>",
+		"walrus-1a":              "does not end in -<ordinal>",
+		"walrus-+1":              "does not end in -<ordinal>",
+		"walrus.ns-2":            "does not end in -<ordinal>", // the ordinal is in the first label
+		"walrus-01":              "leading zero",
+		"w-18446744073709551615": "out of range", // ordinal+1 would wrap to 0
+		"w-99999999999999999999": "out of range",
+	} {
+		if got, err := nodeIDFromHostname(host); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("nodeIDFromHostname(%q) = %d, %v; want an error mentioning %q", host, got, err, want)
+		}
+	}
+}
+
+// --node-id-from-hostname (flag, WALRUS_NODE_ID_FROM_HOSTNAME or the file)
+// sets the node id from the host name, and refuses an explicit node id from
+// any layer; --node-id keeps the original's meaning.
+func TestConfig_NodeIDFromHostname(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "walrus.yaml")
+	if err := os.WriteFile(file, []byte("node-id-from-hostname: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	idFile := filepath.Join(t.TempDir(), "walrus.yaml")
+	if err := os.WriteFile(idFile, []byte("node-id: 7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	loadAs := func(host string, args []string, environ ...string) (nodeConfig, error) {
+		return loadConfig(args, environ, &bytes.Buffer{}, hostnameIs(host))
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+	}{
+		{"flag", []string{"--node-id-from-hostname"}, nil},
+		{"env", nil, []string{"WALRUS_NODE_ID_FROM_HOSTNAME=true"}},
+		{"file", []string{"--config", file}, nil},
+	} {
+		c, err := loadAs("walrus-2", tc.args, tc.env...)
+		if err != nil || c.NodeID != 3 {
+			t.Errorf("%s: node id %d, %v; want 3", tc.name, c.NodeID, err)
+		}
+	}
+	// Off: the original's --node-id, default 1.
+	if c, err := loadAs("walrus-2", []string{"--node-id", "5"}); err != nil || c.NodeID != 5 {
+		t.Errorf("--node-id 5: node id %d, %v", c.NodeID, err)
+	}
+	if c, err := loadAs("walrus-2", nil, "WALRUS_NODE_ID_FROM_HOSTNAME=false", "WALRUS_NODE_ID=4"); err != nil || c.NodeID != 4 {
+		t.Errorf("from-hostname false, WALRUS_NODE_ID=4: node id %d, %v", c.NodeID, err)
+	}
+	if c, err := loadAs("walrus-2", nil); err != nil || c.NodeID != 1 {
+		t.Errorf("default: node id %d, %v", c.NodeID, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+	}{
+		{"flags", []string{"--node-id", "1", "--node-id-from-hostname"}, nil},
+		{"flag and env", []string{"--node-id-from-hostname"}, []string{"WALRUS_NODE_ID=2"}},
+		{"env and flag", []string{"--node-id", "2"}, []string{"WALRUS_NODE_ID_FROM_HOSTNAME=1"}},
+		{"file and flag", []string{"--config", idFile, "--node-id-from-hostname"}, nil},
+		{"flag and file", []string{"--config", file, "--node-id", "3"}, nil},
+	} {
+		_, err := loadAs("walrus-2", tc.args, tc.env...)
+		if err == nil || !strings.Contains(err.Error(), "node-id and node-id-from-hostname are both given") {
+			t.Errorf("%s: %v; want a refusal", tc.name, err)
+		}
+		var stderr bytes.Buffer
+		if code := runNodeWith(context.Background(), tc.args, tc.env, &stderr); code != 2 ||
+			!strings.Contains(stderr.String(), "both given") {
+			t.Errorf("%s: run exit %d, %q; want exit 2", tc.name, code, stderr.String())
+		}
+	}
+
+	_, err := loadAs("walrus", []string{"--node-id-from-hostname"})
+	if err == nil || !strings.Contains(err.Error(), `node-id-from-hostname: host name "walrus" does not end in -<ordinal>`) {
+		t.Errorf("host name without an ordinal: %v", err)
+	}
+	_, err = loadConfig([]string{"--node-id-from-hostname"}, nil, &bytes.Buffer{}, func() (string, error) {
+		return "", os.ErrPermission
+	})
+	if err == nil || !strings.Contains(err.Error(), "node-id-from-hostname: permission denied") {
+		t.Errorf("host name error: %v", err)
+	}
+}
+
+// --bootstrap-node-id: the named node bootstraps (it drops --join, which a
+// node with Raft state ignores anyway); the others join; it needs --join.
+func TestConfig_BootstrapNodeID(t *testing.T) {
+	join := "walrus-0.h:6000,walrus-1.h:6000,walrus-2.h:6000"
+	for host, wantJoin := range map[string][]string{
+		"walrus-0": nil,
+		"walrus-1": {"walrus-0.h:6000", "walrus-1.h:6000", "walrus-2.h:6000"},
+	} {
+		c, err := loadConfig([]string{"--node-id-from-hostname", "--join", join}, []string{"WALRUS_BOOTSTRAP_NODE_ID=1"},
+			&bytes.Buffer{}, hostnameIs(host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bc, err := c.brokerConfig(nil)
+		if err != nil || !slices.Equal(bc.Join, wantJoin) {
+			t.Errorf("%s: join %q, %v; want %q", host, bc.Join, err, wantJoin)
+		}
+	}
+	// Without it, the original's rule: the join list is used as given.
+	bc, err := load(t, []string{"--join", join}).brokerConfig(nil)
+	if err != nil || len(bc.Join) != 3 {
+		t.Errorf("no bootstrap node: join %q, %v", bc.Join, err)
+	}
+	var stderr bytes.Buffer
+	if code := runNodeWith(context.Background(), []string{"--bootstrap-node-id", "1"}, nil, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "bootstrap node id 1 needs --join") {
+		t.Errorf("bootstrap node without --join: exit %d, %q", code, stderr.String())
+	}
+}
+
+// Settings of the file and WALRUS_* variables that are not flags are
+// reported, not silently dropped, and so are settings of the file that the
+// environment overrides.
+func TestConfig_IgnoredSettings(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "walrus.yaml")
+	if err := os.WriteFile(file, []byte("fsnyc: never\nnats:\n  port: 1\nfsync: never\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// WALRUS_PORT and WALRUS_SERVICE_HOST: what Kubernetes service links
+	// make of a Service named walrus.
+	c := load(t, []string{"--config", file}, "WALRUS_SERVICE_HOST=10.0.0.1", "WALRUS_FSYNC=always", "OTHER=1",
+		"WALRUS_PORT=tcp://10.0.0.1:8080")
+	want := []string{
+		fmt.Sprintf("config file %s: %q is not a setting", file, "fsnyc"),
+		fmt.Sprintf("config file %s: %q is not a setting", file, "nats.port"),
+		"environment: WALRUS_SERVICE_HOST is not a setting",
+		fmt.Sprintf("config file %s: %q is overridden by the environment's WALRUS_FSYNC", file, "fsync"),
+		"environment: WALRUS_PORT is not a setting",
+	}
+	if !slices.Equal(c.ignored, want) || c.Fsync != "always" {
+		t.Fatalf("ignored %q, fsync %q; want %q", c.ignored, c.Fsync, want)
+	}
+}
+
+// walrus config check validates like run, prints what the node would do
+// and the effective settings as a file that --config accepts.
+func TestConfigCheck(t *testing.T) {
+	const adv = "walrus-1.walrus-headless.ns.svc.cluster.local"
+	args := []string{"check", "--node-id-from-hostname", "--hostname", "walrus-1", "--raft-host", "0.0.0.0",
+		"--client-host", "0.0.0.0", "--http-port", "9090", "--bootstrap-node-id", "1",
+		"--join", "walrus-0.walrus-headless.ns.svc.cluster.local:6000," + adv + ":6000"}
+	var stdout, stderr bytes.Buffer
+	if code := runConfig(args, []string{"WALRUS_RAFT_ADVERTISE_HOST=" + adv, "WALRUS_DATA_DIR=/data"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("stderr: %q", stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"# node 2 (from the host name walrus-1), data in /data/node_2\n",
+		"other nodes dial " + adv + ":6000\n",
+		"advertised nats-route://" + adv + ":6222",
+		"http 0.0.0.0:9090 (/metrics, /healthz, /readyz)",
+		"else it joins through walrus-0.walrus-headless.ns.svc.cluster.local:6000\n",
+		"\nnode-id: 2\n", "\nnode-id-from-hostname: false\n", "\nraft-advertise-host: " + adv + "\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	// The output is a config file for the same node.
+	file := filepath.Join(t.TempDir(), "effective.yaml")
+	if err := os.WriteFile(file, stdout.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"WALRUS_RAFT_ADVERTISE_HOST=" + adv, "WALRUS_DATA_DIR=/data"}
+	_, rest, _ := hostnameArg(args[1:])
+	want, err := loadConfig(rest, env, &stderr, hostnameIs("walrus-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.NodeIDFromHostname = false
+	got := load(t, []string{"--config", file})
+	want.NATSLeafnodeURL, got.NATSLeafnodeURL = nil, nil // "" and an empty list
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("re-read:\n%+v\nwant\n%+v", got, want)
+	}
+
+	// Node 1 bootstraps; an invalid configuration exits 2 like run.
+	stdout.Reset()
+	args[3] = "walrus-0"
+	if code := runConfig(args, []string{"WALRUS_RAFT_ADVERTISE_HOST=x"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stdout.String(), "else it bootstraps a new cluster\n") {
+		t.Errorf("node 1: exit %d\n%s", code, stdout.String())
+	}
+	for _, tc := range [][]string{
+		{"check", "--fsync", "sometimes"},
+		{"check", "--log-format", "xml"},
+		{"check", "--node-id-from-hostname", "--hostname", "walrus"},
+		{"check", "--hostname"},
+		{"verify"},
+	} {
+		stderr.Reset()
+		if code := runConfig(tc, nil, &stdout, &stderr); code != 2 || stderr.Len() == 0 {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and a reason", tc, code, stderr.String())
+		}
+	}
+	// --hostname may come anywhere, in every flag form; a bare word is a value.
+	for _, tc := range []struct {
+		args       []string
+		name       string
+		rest       []string
+		hasHostArg bool
+	}{
+		{[]string{"--hostname", "w-1", "--x"}, "w-1", []string{"--x"}, true},
+		{[]string{"--x", "-hostname=w-2"}, "w-2", []string{"--x"}, true},
+		{[]string{"--log-file", "hostname"}, "", []string{"--log-file", "hostname"}, false},
+		{[]string{"--x", "--hostname"}, "", []string{"--x"}, true},
+	} {
+		name, rest, ok := hostnameArg(tc.args)
+		if name != tc.name || !slices.Equal(rest, tc.rest) || ok != tc.hasHostArg {
+			t.Errorf("hostnameArg(%q) = %q, %q, %v", tc.args, name, rest, ok)
+		}
+	}
+	// A setting that is not a flag is a warning, not an error.
+	stderr.Reset()
+	if code := runConfig([]string{"check"}, []string{"WALRUS_FSNYC=never"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stderr.String(), "warning: ignored: environment: WALRUS_FSNYC is not a setting") {
+		t.Errorf("unknown env: exit %d, %q", code, stderr.String())
 	}
 }

@@ -26,6 +26,7 @@ const usage = `usage: walrus [run] [flags]      run a node (the default: the ori
 commands:
   run              run a node (walrus run --help lists the flags)
   version          print the version
+  config check     validate a node's configuration and print it (walrus config check --help)
   bench storage    measure the storage engine (see docs/benchmarks.md)
 `
 
@@ -43,6 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
+	case "config":
+		return runConfig(args[1:], os.Environ(), stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

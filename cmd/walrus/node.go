@@ -47,7 +47,11 @@ func runNodeWith(ctx context.Context, args, environ []string, stderr io.Writer) 
 		fmt.Fprintln(stderr, "walrus:", err)
 		return 2
 	}
-	log.Info("starting walrus", "version", version, "node", bc.NodeID, "data_dir", bc.DataDir)
+	for _, w := range c.ignored {
+		log.Warn("ignored setting", "what", w)
+	}
+	log.Info("starting walrus", "version", version, "node", bc.NodeID, "node_id_from_hostname", c.NodeIDFromHostname,
+		"data_dir", bc.DataDir)
 	if err := srv.Start(ctx); err != nil {
 		log.Error("start failed", "err", err)
 		return 1
@@ -56,6 +60,7 @@ func runNodeWith(ctx context.Context, args, environ []string, stderr io.Writer) 
 	log.Info("signal received, shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
+	srv.HandOff(sctx) // segments and Raft leadership to other nodes first
 	if err := srv.Shutdown(sctx); err != nil {
 		return 1
 	}

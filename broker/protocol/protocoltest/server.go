@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"testing"
 
 	"github.com/walrus-edge/walrus/broker/protocol"
 )
@@ -61,6 +62,18 @@ func NewServer(h Handler) (*Server, error) {
 		s.acceptLoop()
 	}()
 	return s, nil
+}
+
+// Start is NewServer for a test: it fails t if the server cannot start and
+// closes it when the test ends.
+func Start(t testing.TB, h Handler) *Server {
+	t.Helper()
+	srv, err := NewServer(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	return srv
 }
 
 // Addr returns the "host:port" the server listens on.
