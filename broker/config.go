@@ -85,8 +85,13 @@ type Config struct {
 	// Default 256 MiB.
 	MaxSegmentBytes int64
 	// MonitorInterval is how often the rollover monitor checks the
-	// segments this node leads (WALRUS_MONITOR_CHECK_MS). Default 10s.
+	// segments this node leads (WALRUS_MONITOR_CHECK_MS), and how often
+	// retention runs. Default 10s.
 	MonitorInterval time.Duration
+	// Retention deletes topics' oldest sealed segments. The Raft leader's
+	// policy is the one applied, so give every node the same. Default:
+	// keep everything.
+	Retention Retention
 
 	// LeaseTimeout: a segment leader acknowledges appends only while it has
 	// heard from the Raft quorum within this time. Default 2s.
@@ -262,6 +267,8 @@ func (c Config) Validate() error {
 		return bad("request timeout %v is not positive", c.RequestTimeout)
 	case c.MaxSegmentBytes <= 0:
 		return bad("max segment bytes %d is not positive", c.MaxSegmentBytes)
+	case c.Retention.MaxAge < 0 || c.Retention.MaxBytes < 0 || c.Retention.MaxSegments < 0:
+		return bad("retention %+v: a limit is negative (0: no limit)", c.Retention)
 	case c.FailoverTimeout <= c.LeaseTimeout:
 		return bad("failover timeout %v must exceed the lease timeout %v", c.FailoverTimeout, c.LeaseTimeout)
 	}

@@ -44,6 +44,9 @@ func (s *Server) Get(ctx context.Context, topic string) (entry bridge.Entry, ok 
 		}
 		resp, err := s.readAt(ctx, topic, seg, cur-seg.Base, storage.ReadLimits{MaxEntries: 1})
 		if err != nil {
+			if s.trimmedSince(t) {
+				continue // retention deleted the segment meanwhile (and moved the cursor)
+			}
 			return bridge.Entry{}, false, err
 		}
 		if len(resp.Entries) == 0 {
@@ -212,8 +215,11 @@ func (s *Server) Fetch(ctx context.Context, topic string, segID, index uint64) (
 	}
 	seg, ok := t.Segment(segID)
 	if !ok {
-		if segID > t.Open().ID {
+		switch {
+		case segID > t.Open().ID:
 			return bridge.Entry{}, false, nil
+		case segID != 0 && segID < t.Segments[0].ID:
+			return bridge.Entry{}, false, errTrimmed(t, segID)
 		}
 		return bridge.Entry{}, false, fmt.Errorf("%w: topic %s has no segment %d", storage.ErrOffsetOutOfRange, topic, segID)
 	}
@@ -224,6 +230,9 @@ func (s *Server) Fetch(ctx context.Context, topic string, segID, index uint64) (
 		return bridge.Entry{}, false, nil
 	}
 	resp, err := s.readAt(ctx, topic, seg, index, storage.ReadLimits{MaxEntries: 1})
+	if now, ok := s.raft.Metadata().Topic(topic); err != nil && ok && segID < now.Segments[0].ID {
+		return bridge.Entry{}, false, errTrimmed(now, segID) // deleted while being read
+	}
 	if err != nil || len(resp.Entries) == 0 {
 		return bridge.Entry{}, false, err
 	}
@@ -252,6 +261,9 @@ func (s *Server) readLocal(topic string, segID, index uint64, lim storage.ReadLi
 		if t, ok := s.raft.Metadata().Topic(topic); ok {
 			if seg, ok := t.Segment(segID); ok && seg.Leader == s.self() && seg.State == cluster.SegmentOpen {
 				return bridge.ReadResponse{}, nil
+			}
+			if segID < t.Segments[0].ID {
+				return bridge.ReadResponse{}, errTrimmed(t, segID)
 			}
 		}
 		return bridge.ReadResponse{}, fmt.Errorf("%w: topic %s segment %d is not on node %d", ErrUnavailable, topic, segID, s.cfg.NodeID)

@@ -21,6 +21,7 @@ type metrics struct {
 	rollovers   prometheus.Counter
 	failovers   prometheus.Counter
 	natsDropped *prometheus.CounterVec
+	retained    *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -34,6 +35,8 @@ func newMetrics(s *Server) *metrics {
 	m.rollovers = f.counter("walrus_broker_rollovers_total", "Segments this node sealed and rolled over.")
 	m.natsDropped = f.counterVec("walrus_nats_publish_dropped_total",
 		"Plain publishes and captured messages that were not stored, by error code.", "reason")
+	m.retained = f.counterVec("walrus_storage_retention_deleted_total",
+		"What retention deleted from this node's storage: unit=segments counts segments, unit=bytes their bytes.", "unit")
 	m.failovers = f.counter("walrus_cluster_failovers_total", "Segments this node failed over as Raft leader.")
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),

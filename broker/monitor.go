@@ -65,11 +65,14 @@ func (s *Server) sendHeartbeat(ctx context.Context, leaving bool) uint64 {
 // segments this node leads: it rolls over those at their entry or byte
 // limit, finishes rollovers that were interrupted (sealed in storage, still
 // open in the metadata), reports failed-over segments, and keeps the NATS
-// route seeds current.
+// route seeds current. It also runs retention: the Raft leader trims
+// topics, and every node deletes the files of trimmed segments.
 func (s *Server) monitorLoop() {
 	s.every(s.cfg.MonitorInterval, func() {
 		s.checkRollovers()
 		s.finalizePending(s.bg)
+		s.applyRetention(s.bg)
+		s.deleteTrimmed()
 		s.syncRoutes()
 	})
 }

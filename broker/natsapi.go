@@ -178,8 +178,9 @@ func (b natsBackend) Recent(ctx context.Context, topic string, since time.Time, 
 	cut := since.UnixNano()
 	var chunks [][]bridge.Entry // newest chunk first
 	total, bytes := 0, int64(0)
-	for hi := end; hi > 0 && total < maxEntries && bytes < maxBytes; {
-		lo := hi - min(hi, recentChunk)
+	first := t.FirstOffset() // retention deleted what is before it
+	for hi := end; hi > first && total < maxEntries && bytes < maxBytes; {
+		lo := hi - min(hi-first, recentChunk)
 		var chunk []bridge.Entry
 		for off := lo; off < hi; {
 			es, next, err := b.s.readFrom(ctx, topic, off, int(hi-off), maxBytes-bytes)
@@ -281,17 +282,39 @@ func (b natsBackend) SetCapture(ctx context.Context, topic string, subjects []st
 // readFrom reads up to maxEntries entries (about maxBytes of payload, at
 // least one) from topic offset from, across segments: it skips the end of
 // sealed segments and the offsets a failover left unused, and stops at the
-// open segment's end or before a pending segment. next is the offset after
-// the last entry returned (or from).
+// open segment's end or before a pending segment. An offset retention
+// deleted reads from the first one kept. next is the offset after the last
+// entry returned (or from).
 func (s *Server) readFrom(ctx context.Context, topic string, from uint64, maxEntries int, maxBytes int64) ([]bridge.Entry, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	t, err := s.topic(ctx, topic)
-	if err != nil {
-		return nil, from, err
+	for {
+		t, err := s.topic(ctx, topic)
+		if err != nil {
+			return nil, from, err
+		}
+		out, next, err := s.readTopic(ctx, t, from, maxEntries, maxBytes)
+		if err != nil && len(out) == 0 && s.trimmedSince(t) {
+			continue // retention deleted a segment meanwhile: read from what is left
+		}
+		return out, next, err
 	}
+}
+
+// trimmedSince reports whether retention trimmed t since this metadata.
+func (s *Server) trimmedSince(t *cluster.Topic) bool {
+	now, ok := s.raft.Metadata().Topic(t.Name)
+	return ok && now.Segments[0].ID > t.Segments[0].ID
+}
+
+// readTopic is readFrom on one version of t's metadata.
+func (s *Server) readTopic(ctx context.Context, t *cluster.Topic, from uint64, maxEntries int, maxBytes int64) ([]bridge.Entry, uint64, error) {
+	topic := t.Name
 	var out []bridge.Entry
-	off, bytes := from, int64(0)
+	off, bytes := max(from, t.FirstOffset()), int64(0)
+	if off != from {
+		s.log.Debug("read below the first offset retention kept", "topic", topic, "from", from, "first", off)
+	}
 	for len(out) < maxEntries && bytes < maxBytes {
 		seg := t.SegmentFor(off)
 		if seg.State == cluster.SegmentPending {

@@ -378,7 +378,8 @@ func (s *Server) rollover(ctx context.Context, topic string) error {
 	}
 	res, err := s.propose(ctx, cluster.Command{
 		Type: cluster.CmdRollover, Topic: topic, Segment: open.ID, Epoch: open.Epoch,
-		Count: count, MaxEntries: s.cfg.MaxSegmentEntries,
+		Count: count, Bytes: s.segmentBytes(topic, open.ID), Time: time.Now().UnixNano(),
+		MaxEntries: s.cfg.MaxSegmentEntries,
 	})
 	if err != nil {
 		return err
@@ -404,6 +405,7 @@ func (s *Server) finalizeIfPending(ctx context.Context, topic string, segID, epo
 	}
 	res, err := s.propose(ctx, cluster.Command{
 		Type: cluster.CmdFinalizeSeal, Topic: topic, Segment: segID, Epoch: epoch, Count: count,
+		Bytes: s.segmentBytes(topic, segID), Time: time.Now().UnixNano(),
 	})
 	if err == nil && res.Applied {
 		s.log.Info("finalized a failed-over segment", "topic", topic, "segment", segID, "count", count)

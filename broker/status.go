@@ -20,6 +20,8 @@ type topicState struct {
 	PendingSegments []uint64 `json:"pending_segments,omitempty"`
 	Cursor          uint64   `json:"cursor"`
 	CurrentEpoch    uint64   `json:"current_epoch"`
+	// FirstOffset is the first topic offset retention kept.
+	FirstOffset uint64 `json:"first_offset"`
 }
 
 // State returns the STATE JSON of topic.
@@ -37,6 +39,7 @@ func (s *Server) State(topic string) ([]byte, error) {
 		SegmentLeaders:        map[string]uint64{},
 		Cursor:                t.Cursor,
 		CurrentEpoch:          open.Epoch,
+		FirstOffset:           t.FirstOffset(),
 	}
 	for _, seg := range t.Segments {
 		id := strconv.FormatUint(seg.ID, 10)

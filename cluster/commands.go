@@ -25,6 +25,7 @@ const (
 	CmdAdvanceCursor CommandType = "advance_cursor"
 	CmdCommitGroup   CommandType = "commit_group"
 	CmdSetCapture    CommandType = "set_capture"
+	CmdTrimTopic     CommandType = "trim_topic"
 )
 
 // Command is one metadata change. Only the fields of its Type are used.
@@ -40,13 +41,21 @@ type Command struct {
 	// refused like any non-member).
 	NodeID NodeID `json:"node_id,omitempty"`
 
-	// Topic commands.
+	// Topic commands. For CmdTrimTopic, Segment is the first segment to
+	// keep: every segment before it is deleted (they must all be sealed).
 	Topic   string `json:"topic,omitempty"`
 	Segment uint64 `json:"segment,omitempty"` // the segment the command expects to find open (or pending)
 	Epoch   uint64 `json:"epoch,omitempty"`   // ... at this epoch
 	// Count is the sealed segment's entry count, taken from its leader's
 	// storage (CmdRollover, CmdFinalizeSeal).
 	Count uint64 `json:"count,omitempty"`
+	// Bytes is the sealed segment's size in storage, and Time (Unix
+	// nanoseconds, the proposer's clock) when it was sealed (CmdRollover,
+	// CmdFinalizeSeal): what retention by size and age goes by. The FSM
+	// takes both from the command, never from its own clock, so every
+	// replica records the same.
+	Bytes int64 `json:"bytes,omitempty"`
+	Time  int64 `json:"time,omitempty"`
 	// MaxEntries is the entry limit of the segment the command opens
 	// (CmdCreateTopic, CmdRollover, CmdFailover).
 	MaxEntries uint64 `json:"max_entries,omitempty"`
@@ -174,6 +183,10 @@ func (c *Command) validate() error {
 	case CmdSetCapture:
 		if c.Topic == "" || slices.Contains(c.Subjects, "") {
 			return bad("a topic and non-empty subjects")
+		}
+	case CmdTrimTopic:
+		if c.Topic == "" || c.Segment == 0 {
+			return bad("a topic and the first segment to keep")
 		}
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrInvalidCommand, c.Type)

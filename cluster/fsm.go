@@ -155,6 +155,7 @@ func applyTopic(m *Metadata, t *Topic, cmd Command, index uint64) (*Topic, Resul
 		nextBase := open.Base + cmd.Count
 		if cmd.Type == CmdRollover {
 			closed.State, closed.Count = SegmentSealed, cmd.Count
+			closed.Bytes, closed.SealedAt = cmd.Bytes, cmd.Time
 		} else {
 			// The count is unknown until the leader reports it: reserve
 			// every offset the segment could hold.
@@ -179,6 +180,7 @@ func applyTopic(m *Metadata, t *Topic, cmd Command, index uint64) (*Topic, Resul
 		nt := *t
 		nt.Segments = slices.Clone(t.Segments)
 		nt.Segments[i].State, nt.Segments[i].Count = SegmentSealed, cmd.Count
+		nt.Segments[i].Bytes, nt.Segments[i].SealedAt = cmd.Bytes, cmd.Time
 		return &nt, Result{Applied: true}
 	case CmdAdvanceCursor:
 		if cmd.Token != "" && slices.ContainsFunc(t.CursorMoves, func(m CursorMove) bool { return m.Token == cmd.Token }) {
@@ -216,8 +218,36 @@ func applyTopic(m *Metadata, t *Topic, cmd Command, index uint64) (*Topic, Resul
 		nt := *t
 		nt.Capture = slices.Clone(cmd.Subjects)
 		return &nt, Result{Applied: true}
+	case CmdTrimTopic:
+		return trimTopic(t, cmd.Segment)
 	}
 	return t, Result{Reason: fmt.Sprintf("command %s does not apply to a topic", cmd.Type)}
+}
+
+// trimTopic deletes the segments of t before segment keep (retention).
+// They must all be sealed: an open or pending segment, and what follows it,
+// is never deleted. The shared cursor moves up to the first kept offset;
+// consumer groups keep their offsets, and reads below the first offset
+// start at it. Trimming to where the topic already starts, or before, is
+// a no-op, so a repeated or stale proposal changes nothing.
+func trimTopic(t *Topic, keep uint64) (*Topic, Result) {
+	if keep <= t.Segments[0].ID {
+		return t, Result{Reason: fmt.Sprintf("the topic starts at segment %d", t.Segments[0].ID)}
+	}
+	i := slices.IndexFunc(t.Segments, func(s Segment) bool { return s.ID == keep })
+	if i < 0 {
+		return t, Result{Reason: fmt.Sprintf("no segment %d", keep)}
+	}
+	nt := *t
+	for _, s := range t.Segments[:i] {
+		if s.State != SegmentSealed {
+			return t, Result{Reason: fmt.Sprintf("segment %d is %s, not sealed", s.ID, s.State)}
+		}
+		nt.Trimmed += s.Count
+	}
+	nt.Segments = slices.Clone(t.Segments[i:])
+	nt.Cursor = max(t.Cursor, nt.FirstOffset())
+	return &nt, Result{Applied: true, Cursor: nt.Cursor}
 }
 
 // snapshotState is the serialised form of the metadata.

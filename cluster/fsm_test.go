@@ -296,6 +296,60 @@ func TestFSM_InvalidCommandsAreSkippedAlike(t *testing.T) {
 	}
 }
 
+// Retention deletes a topic's oldest sealed segments: never an open or
+// pending one or anything after it, never twice, and the shared cursor and
+// STATE's sealed entry count do not go back.
+func TestFSM_TrimTopic(t *testing.T) {
+	f, _ := applyAll(t, node(1), node(2),
+		Command{Type: CmdCreateTopic, Topic: "t", NodeID: 1, MaxEntries: 10}, // index 3
+		Command{Type: CmdRollover, Topic: "t", Segment: 1, Epoch: 3, Count: 10, Bytes: 1000, Time: 111, NodeID: 2, MaxEntries: 10},
+		Command{Type: CmdRollover, Topic: "t", Segment: 2, Epoch: 4, Count: 8, Bytes: 800, Time: 222, NodeID: 1, MaxEntries: 10},
+		Command{Type: CmdFailover, Topic: "t", Segment: 3, Epoch: 5, NodeID: 2, MaxEntries: 10}, // index 6: 3 pending
+		Command{Type: CmdRollover, Topic: "t", Segment: 4, Epoch: 6, Count: 10, NodeID: 1, MaxEntries: 10},
+		Command{Type: CmdAdvanceCursor, Topic: "t", From: 0, To: 4}, // index 8
+	)
+	topic, _ := f.metadata().Topic("t")
+	if s1, _ := topic.Segment(1); s1.Bytes != 1000 || s1.SealedAt != 111 {
+		t.Fatalf("segment 1 = %+v: the rollover's bytes and time are not recorded", s1)
+	}
+	sealedBefore := topic.SealedEntries()
+	for _, c := range []Command{
+		{Type: CmdTrimTopic, Topic: "t", Segment: 1}, // the topic starts there
+		{Type: CmdTrimTopic, Topic: "t", Segment: 4}, // 3 is pending
+		{Type: CmdTrimTopic, Topic: "t", Segment: 6}, // past the open segment, 5
+		{Type: CmdTrimTopic, Topic: "nope", Segment: 2},
+	} {
+		if r := applyOne(t, f, 9, c); r.Applied {
+			t.Fatalf("trim %+v applied: %+v", c, r)
+		}
+	}
+	if r := applyOne(t, f, 10, Command{Type: CmdTrimTopic, Topic: "t", Segment: 3}); !r.Applied || r.Cursor != 18 {
+		t.Fatalf("trim to segment 3 = %+v, want applied with the cursor at 18", r)
+	}
+	topic, _ = f.metadata().Topic("t")
+	if topic.Segments[0].ID != 3 || topic.FirstOffset() != 18 || topic.Cursor != 18 {
+		t.Fatalf("after the trim: first segment %d, first offset %d, cursor %d; want 3, 18, 18",
+			topic.Segments[0].ID, topic.FirstOffset(), topic.Cursor)
+	}
+	if got := topic.SealedEntries(); got != sealedBefore {
+		t.Fatalf("sealed entries %d after the trim, %d before", got, sealedBefore)
+	}
+	if r := applyOne(t, f, 11, Command{Type: CmdTrimTopic, Topic: "t", Segment: 2}); r.Applied {
+		t.Fatalf("a stale trim applied: %+v", r)
+	}
+	// Once 3 is finalized, trimming past it applies; the cursor, already
+	// past segment 5's base (38: 3 reserved 10 offsets), stays.
+	applyOne(t, f, 12, Command{Type: CmdFinalizeSeal, Topic: "t", Segment: 3, Epoch: 5, Count: 2, Bytes: 200, Time: 333})
+	applyOne(t, f, 13, Command{Type: CmdAdvanceCursor, Topic: "t", From: 18, To: 40})
+	if r := applyOne(t, f, 14, Command{Type: CmdTrimTopic, Topic: "t", Segment: 5}); !r.Applied || r.Cursor != 40 {
+		t.Fatalf("trim to segment 5 = %+v", r)
+	}
+	topic, _ = f.metadata().Topic("t")
+	if len(topic.Segments) != 1 || topic.Open().ID != 5 || topic.SealedEntries() != 30 {
+		t.Fatalf("after trimming every sealed segment: %+v, sealed entries %d", topic.Segments, topic.SealedEntries())
+	}
+}
+
 // The state is a pure function of the log: applying the same commands to
 // two FSMs gives equal metadata, and earlier snapshots are not changed by
 // later commands.
@@ -337,6 +391,8 @@ func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
 		Command{Type: CmdAdvanceCursor, Topic: "a", From: 0, To: 4},
 		Command{Type: CmdCommitGroup, Topic: "b/c d", Group: "g", Offset: 9},
 		Command{Type: CmdSetCapture, Topic: "b/c d", Subjects: []string{"x.>"}},
+		Command{Type: CmdRollover, Topic: "b/c d", Segment: 1, Epoch: 4, Count: 3, Bytes: 300, Time: 42, NodeID: 1, MaxEntries: 10},
+		Command{Type: CmdTrimTopic, Topic: "b/c d", Segment: 2},
 	)
 	snap, err := f.Snapshot()
 	if err != nil {
@@ -354,7 +410,7 @@ func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
 		t.Fatalf("restored metadata differs:\n%+v\n%+v", dump(f.metadata()), dump(g.metadata()))
 	}
 	// The restored FSM keeps applying from where the snapshot ended.
-	if r := applyOne(t, g, 9, Command{Type: CmdAdvanceCursor, Topic: "a", From: 4, To: 5}); !r.Applied {
+	if r := applyOne(t, g, 11, Command{Type: CmdAdvanceCursor, Topic: "a", From: 4, To: 5}); !r.Applied {
 		t.Fatalf("apply after restore = %+v", r)
 	}
 	// A damaged snapshot is refused, not half-applied.

@@ -47,6 +47,12 @@ type Segment struct {
 	// MaxEntries is the most entries the segment may hold, fixed when it
 	// opens; a failover reserves that many offsets for it.
 	MaxEntries uint64 `json:"max_entries"`
+	// Bytes is the sealed segment's size in its leader's storage, and
+	// SealedAt when it was sealed (Unix nanoseconds); retention goes by
+	// them. Both are 0 for a segment that is not sealed, or was sealed by a
+	// version that did not record them.
+	Bytes    int64 `json:"bytes,omitempty"`
+	SealedAt int64 `json:"sealed_at,omitempty"`
 }
 
 // End returns the topic offset after the segment's last entry, for a
@@ -74,6 +80,9 @@ type Topic struct {
 	// "cursor_tokens"; a node restoring one starts with no moves
 	// remembered, which answers a replay TokenForgotten, never wrongly.)
 	CursorMoves []CursorMove `json:"cursor_moves,omitempty"`
+	// Trimmed counts the entries of the sealed segments retention deleted
+	// (CmdTrimTopic), so that SealedEntries does not go back.
+	Trimmed uint64 `json:"trimmed,omitempty"`
 }
 
 // CursorMove is a cursor move remembered by its token.
@@ -118,10 +127,14 @@ func (t *Topic) SegmentFor(off uint64) Segment {
 	return t.Segments[i-1]
 }
 
-// SealedEntries is the sum of the sealed segments' counts (the original's
-// last_sealed_entry_offset).
+// FirstOffset is the topic offset of the first entry retention kept: the
+// base of the first segment.
+func (t *Topic) FirstOffset() uint64 { return t.Segments[0].Base }
+
+// SealedEntries is the sum of the sealed segments' counts, those retention
+// deleted included (the original's last_sealed_entry_offset).
 func (t *Topic) SealedEntries() uint64 {
-	var n uint64
+	n := t.Trimmed
 	for _, s := range t.Segments {
 		if s.State == SegmentSealed {
 			n += s.Count

@@ -29,6 +29,7 @@ type state struct {
 	LastSealedEntryOffset uint64            `json:"last_sealed_entry_offset"`
 	SealedSegments        map[string]uint64 `json:"sealed_segments"`
 	SegmentLeaders        map[string]uint64 `json:"segment_leaders"`
+	FirstOffset           uint64            `json:"first_offset"`
 }
 
 func topicState(t *testing.T, ctx context.Context, cl *protocol.Client, topic string) state {

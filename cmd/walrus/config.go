@@ -63,19 +63,23 @@ type nodeConfig struct {
 	MaxSegmentEntries uint64 `koanf:"max-segment-entries"`
 	MaxSegmentBytes   int64  `koanf:"max-segment-bytes"`
 	MonitorCheckMS    int    `koanf:"monitor-check-ms"`
-	MaxFrameBytes     int    `koanf:"max-frame-bytes"`
-	Fsync             string `koanf:"fsync"`
-	FsyncIntervalMS   int    `koanf:"fsync-interval-ms"`
-	DisableIOURing    bool   `koanf:"disable-io-uring"`
-	DirectIO          bool   `koanf:"direct-io"`
-	LeaseTimeoutMS    int    `koanf:"lease-timeout-ms"`
-	FailoverTimeoutMS int    `koanf:"failover-timeout-ms"`
-	RequestTimeoutMS  int    `koanf:"request-timeout-ms"`
-	RaftHeartbeatMS   int    `koanf:"raft-heartbeat-timeout-ms"`
-	RaftElectionMS    int    `koanf:"raft-election-timeout-ms"`
-	LogLevel          string `koanf:"log-level"`
-	LogFormat         string `koanf:"log-format"`
-	LogFile           string `koanf:"log-file"`
+	// Retention: durations as "168h" or "7d"; 0 or empty is no limit.
+	RetentionMaxAge      string `koanf:"retention-max-age"`
+	RetentionMaxBytes    int64  `koanf:"retention-max-bytes"`
+	RetentionMaxSegments int    `koanf:"retention-max-segments"`
+	MaxFrameBytes        int    `koanf:"max-frame-bytes"`
+	Fsync                string `koanf:"fsync"`
+	FsyncIntervalMS      int    `koanf:"fsync-interval-ms"`
+	DisableIOURing       bool   `koanf:"disable-io-uring"`
+	DirectIO             bool   `koanf:"direct-io"`
+	LeaseTimeoutMS       int    `koanf:"lease-timeout-ms"`
+	FailoverTimeoutMS    int    `koanf:"failover-timeout-ms"`
+	RequestTimeoutMS     int    `koanf:"request-timeout-ms"`
+	RaftHeartbeatMS      int    `koanf:"raft-heartbeat-timeout-ms"`
+	RaftElectionMS       int    `koanf:"raft-election-timeout-ms"`
+	LogLevel             string `koanf:"log-level"`
+	LogFormat            string `koanf:"log-format"`
+	LogFile              string `koanf:"log-file"`
 
 	// ignored lists the settings of the file and the environment that are
 	// not flags (typos, or foreign WALRUS_* variables), and the settings of
@@ -109,7 +113,10 @@ func nodeFlags(fs *flag.FlagSet) {
 	fs.Int("http-port", 0, "HTTP port for /metrics, /healthz and /readyz (0: off)")
 	fs.Uint64("max-segment-entries", broker.DefaultMaxSegmentEntries, "roll a segment over at this many entries")
 	fs.Int64("max-segment-bytes", broker.DefaultMaxSegmentBytes, "roll a segment over at this many bytes")
-	fs.Int("monitor-check-ms", int(broker.DefaultMonitorInterval/time.Millisecond), "rollover monitor period in milliseconds")
+	fs.Int("monitor-check-ms", int(broker.DefaultMonitorInterval/time.Millisecond), "rollover and retention monitor period in milliseconds")
+	fs.String("retention-max-age", "", "delete a topic's sealed segments this long after they were sealed, as 168h or 7d (empty: no limit)")
+	fs.Int64("retention-max-bytes", 0, "delete a topic's oldest sealed segments while they hold more bytes than this (0: no limit)")
+	fs.Int("retention-max-segments", 0, "keep at most this many sealed segments per topic (0: no limit)")
 	fs.Int("max-frame-bytes", broker.DefaultMaxFrameBytes, "largest native protocol frame")
 	fs.String("fsync", string(storage.FsyncAlways), "durability: always (ack after fdatasync), interval, never")
 	fs.Int("fsync-interval-ms", int(storage.DefaultFsyncInterval/time.Millisecond), "sync period for --fsync interval")
@@ -295,6 +302,10 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 	if err != nil {
 		return broker.Config{}, err
 	}
+	maxAge, err := parseAge(c.RetentionMaxAge)
+	if err != nil {
+		return broker.Config{}, fmt.Errorf("retention max age: %w", err)
+	}
 	bc := broker.Config{
 		NodeID:            c.NodeID,
 		DataDir:           c.DataDir,
@@ -316,10 +327,13 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		MaxSegmentEntries: max(c.MaxSegmentEntries, 1),
 		MaxSegmentBytes:   c.MaxSegmentBytes,
 		MonitorInterval:   time.Duration(max(c.MonitorCheckMS, 10)) * time.Millisecond,
-		MaxFrameBytes:     c.MaxFrameBytes,
-		LeaseTimeout:      ms(c.LeaseTimeoutMS),
-		FailoverTimeout:   ms(c.FailoverTimeoutMS),
-		RequestTimeout:    ms(c.RequestTimeoutMS),
+		Retention: broker.Retention{
+			MaxAge: maxAge, MaxBytes: c.RetentionMaxBytes, MaxSegments: c.RetentionMaxSegments,
+		},
+		MaxFrameBytes:   c.MaxFrameBytes,
+		LeaseTimeout:    ms(c.LeaseTimeoutMS),
+		FailoverTimeout: ms(c.FailoverTimeoutMS),
+		RequestTimeout:  ms(c.RequestTimeoutMS),
 		RaftTiming: broker.RaftTiming{
 			HeartbeatTimeout:   ms(c.RaftHeartbeatMS),
 			ElectionTimeout:    ms(c.RaftElectionMS),
@@ -361,6 +375,26 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		}
 	}
 	return bc, bc.Validate()
+}
+
+// parseAge parses a retention age: a Go duration ("36h", "90m") or a whole
+// number of days ("7d"); empty or "0" is no limit.
+func parseAge(v string) (time.Duration, error) {
+	switch v = strings.TrimSpace(v); {
+	case v == "" || v == "0":
+		return 0, nil
+	case strings.HasSuffix(v, "d"):
+		days, err := strconv.ParseUint(strings.TrimSuffix(v, "d"), 10, 16)
+		if err != nil || days == 0 {
+			return 0, fmt.Errorf("%q is not a whole number of days like 7d", v)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration like 168h or 7d", v)
+	}
+	return d, nil
 }
 
 // splitList splits comma-separated lists into their non-empty, trimmed

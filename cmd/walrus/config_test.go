@@ -119,6 +119,10 @@ func TestConfig_BadInput(t *testing.T) {
 		{args: []string{"--nats-leafnode-url", "http://core:7422"}, want: `nats leafnode URL "http://core:7422": scheme must be one of`},
 		{env: []string{"WALRUS_NATS_LEAFNODE_URL=nats-leaf://core"}, want: "want nats-leaf://host:port"},
 		{args: []string{"--nats-leafnode-credentials", "/x.creds"}, want: "credentials given without a leafnode URL"},
+		{args: []string{"--retention-max-age", "7 days"}, want: `retention max age: "7 days" is not a positive duration`},
+		{env: []string{"WALRUS_RETENTION_MAX_AGE=1.5d"}, want: `"1.5d" is not a whole number of days`},
+		{args: []string{"--retention-max-age", "-1h"}, want: "is not a positive duration"},
+		{args: []string{"--retention-max-bytes", "-1"}, want: "a limit is negative"},
 		{args: []string{"--nats-leafnode-url", "nats-leaf://core:7422", "--nats-leafnode-credentials", "/nonexistent/edge.creds"},
 			want: "nats leafnode credentials: stat /nonexistent/edge.creds"},
 	} {
@@ -126,6 +130,36 @@ func TestConfig_BadInput(t *testing.T) {
 		code := runNodeWith(context.Background(), tc.args, tc.env, &stderr)
 		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("args %q env %q: exit %d, stderr %q; want exit 2 mentioning %q", tc.args, tc.env, code, stderr.String(), tc.want)
+		}
+	}
+}
+
+// Retention: off by default; flags, environment and the file set it, ages
+// as Go durations or days.
+func TestConfig_Retention(t *testing.T) {
+	bc, err := load(t, nil).brokerConfig(nil)
+	if err != nil || bc.Retention != (broker.Retention{}) {
+		t.Fatalf("default retention %+v (%v), want none", bc.Retention, err)
+	}
+	file := filepath.Join(t.TempDir(), "walrus.yaml")
+	if err := os.WriteFile(file, []byte("retention-max-segments: 10\nretention-max-age: 36h\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want broker.Retention
+	}{
+		{args: []string{"--retention-max-age", "7d"}, want: broker.Retention{MaxAge: 7 * 24 * time.Hour}},
+		{args: []string{"--retention-max-age", "90m", "--retention-max-bytes", "1000000"},
+			want: broker.Retention{MaxAge: 90 * time.Minute, MaxBytes: 1000000}},
+		{env: []string{"WALRUS_RETENTION_MAX_AGE=0", "WALRUS_RETENTION_MAX_SEGMENTS=3"}, want: broker.Retention{MaxSegments: 3}},
+		{args: []string{"--config", file}, env: []string{"WALRUS_RETENTION_MAX_BYTES=5"},
+			want: broker.Retention{MaxAge: 36 * time.Hour, MaxBytes: 5, MaxSegments: 10}},
+	} {
+		bc, err := load(t, tc.args, tc.env...).brokerConfig(nil)
+		if err != nil || bc.Retention != tc.want {
+			t.Errorf("args %q env %q: retention %+v (%v), want %+v", tc.args, tc.env, bc.Retention, err, tc.want)
 		}
 	}
 }
@@ -417,6 +451,7 @@ func TestConfigCheck(t *testing.T) {
 		"http 0.0.0.0:9090 (/metrics, /healthz, /readyz)",
 		"else it joins through walrus-0.walrus-headless.ns.svc.cluster.local:6000\n",
 		"\nnode-id: 2\n", "\nnode-id-from-hostname: false\n", "\nraft-advertise-host: " + adv + "\n",
+		"# retention: off, every entry is kept\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -443,8 +478,10 @@ func TestConfigCheck(t *testing.T) {
 	// Node 1 bootstraps; an invalid configuration exits 2 like run.
 	stdout.Reset()
 	args[3] = "walrus-0"
-	if code := runConfig(args, []string{"WALRUS_RAFT_ADVERTISE_HOST=x"}, &stdout, &stderr); code != 0 ||
-		!strings.Contains(stdout.String(), "else it bootstraps a new cluster\n") {
+	if code := runConfig(append(args, "--retention-max-age", "2d", "--retention-max-bytes", "1000"),
+		[]string{"WALRUS_RAFT_ADVERTISE_HOST=x"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stdout.String(), "else it bootstraps a new cluster\n") ||
+		!strings.Contains(stdout.String(), "# retention: deletes sealed segments: sealed over 48h0m0s ago; the oldest beyond 1000 bytes per topic\n") {
 		t.Errorf("node 1: exit %d\n%s", code, stdout.String())
 	}
 	for _, tc := range [][]string{

@@ -113,6 +113,7 @@ func writeConfigReport(w io.Writer, c nodeConfig, hostname func() (string, error
 		httpAddr = net.JoinHostPort(c.ClientHost, strconv.Itoa(c.HTTPPort)) + " (/metrics, /healthz, /readyz)"
 	}
 	fmt.Fprintf(&b, "# native protocol on %s; http %s\n", net.JoinHostPort(c.ClientHost, strconv.Itoa(c.ClientPort)), httpAddr)
+	b.WriteString("# retention: " + retentionSummary(c) + "\n")
 	var others []string
 	for _, j := range splitList(c.Join) {
 		if j != raftAddr { // cluster skips the node's own address
@@ -134,6 +135,24 @@ func writeConfigReport(w io.Writer, c nodeConfig, hostname func() (string, error
 	b.Write(out)
 	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+// retentionSummary says which sealed segments retention deletes.
+func retentionSummary(c nodeConfig) string {
+	var limits []string
+	if age, _ := parseAge(c.RetentionMaxAge); age > 0 { // it parsed when the config was loaded
+		limits = append(limits, "sealed over "+age.String()+" ago")
+	}
+	if c.RetentionMaxBytes > 0 {
+		limits = append(limits, fmt.Sprintf("the oldest beyond %d bytes per topic", c.RetentionMaxBytes))
+	}
+	if c.RetentionMaxSegments > 0 {
+		limits = append(limits, fmt.Sprintf("the oldest beyond %d per topic", c.RetentionMaxSegments))
+	}
+	if len(limits) == 0 {
+		return "off, every entry is kept"
+	}
+	return "deletes sealed segments: " + strings.Join(limits, "; ")
 }
 
 // advertiseHost is the host other nodes reach this one by, for Raft and
