@@ -64,7 +64,7 @@ func remoteError(err error) error {
 		code = bridge.CodeEpochMismatch
 	case errors.Is(err, storage.ErrSealed), errors.Is(err, ErrRollingOver), errors.Is(err, storage.ErrSegmentFull):
 		code = bridge.CodeSealed
-	case errors.Is(err, storage.ErrOffsetOutOfRange):
+	case errors.Is(err, storage.ErrOffsetOutOfRange), errors.Is(err, ErrTrimmed):
 		code = bridge.CodeOutOfRange
 	case errors.Is(err, storage.ErrCorrupt):
 		code = bridge.CodeCorrupt

@@ -1,8 +1,30 @@
 package broker
 
-import "github.com/walrus-edge/walrus/cluster"
+import (
+	"github.com/walrus-edge/walrus/cluster"
+	"github.com/walrus-edge/walrus/storage"
+)
 
 // SetAfterPropose sets cfg's test hook afterPropose: f runs on the Raft
 // leader after each command it proposes has applied, before the proposer
 // is answered.
 func SetAfterPropose(cfg *Config, f func(cluster.Command, cluster.Result)) { cfg.afterPropose = f }
+
+// OpenSegment returns topic's open segment in s's metadata.
+func OpenSegment(s *Server, topic string) cluster.Segment {
+	t, _ := s.raft.Metadata().Topic(topic)
+	return t.Open()
+}
+
+// EnsureSegment is the lazy creation of a segment's storage at an append
+// that judged seg open on earlier metadata.
+func EnsureSegment(s *Server, topic string, seg cluster.Segment) error {
+	_, err := s.ensureSegment(topic, seg)
+	return err
+}
+
+// HasSegment reports whether s's storage holds segment id of topic.
+func HasSegment(s *Server, topic string, id uint64) bool {
+	_, err := s.store.Segment(topic, storage.SegmentID(id))
+	return err == nil
+}

@@ -216,6 +216,14 @@ func (s *Server) ensureSegment(topic string, seg cluster.Segment) (storage.Segme
 	if !errors.Is(err, storage.ErrSegmentNotFound) {
 		return info, err
 	}
+	s.segMu.Lock()
+	defer s.segMu.Unlock()
+	// The caller judged seg on metadata read before: since then it may
+	// have been sealed, trimmed by retention and its files deleted. Create
+	// it only if it is still the open segment here.
+	if t, ok := s.raft.Metadata().Topic(topic); !ok || t.Open() != seg {
+		return info, fmt.Errorf("%w: topic %s segment %d is no longer open on this node", ErrRollingOver, topic, seg.ID)
+	}
 	if err := s.store.CreateSegment(topic, storage.SegmentID(seg.ID), seg.Epoch, storage.Offset(seg.Base)); err != nil {
 		if !errors.Is(err, storage.ErrSegmentExists) {
 			return info, err

@@ -30,10 +30,12 @@ func (r Retention) enabled() bool { return r.MaxAge > 0 || r.MaxBytes > 0 || r.M
 
 // firstKept returns the id of the first segment of t that r keeps at now,
 // and which limit deletes the ones before it ("" when none is deleted).
-// Only the leading run of sealed segments can go.
-func (r Retention) firstKept(t *cluster.Topic, now time.Time) (uint64, string) {
-	prefix := 0 // the sealed segments before the first open or pending one
-	for prefix < len(t.Segments) && t.Segments[prefix].State == cluster.SegmentSealed {
+// Only the leading run of sealed segments can go: blocked is the pending
+// segment that ends it when r would delete it or more (0 otherwise).
+func (r Retention) firstKept(t *cluster.Topic, now time.Time) (keep uint64, why string, blocked uint64) {
+	last := len(t.Segments) - 1 // the open segment, never deleted
+	prefix := 0                 // the sealed segments before the first open or pending one
+	for prefix < last && t.Segments[prefix].State == cluster.SegmentSealed {
 		prefix++
 	}
 	var sealed int
@@ -44,13 +46,21 @@ func (r Retention) firstKept(t *cluster.Topic, now time.Time) (uint64, string) {
 			bytes += s.Bytes
 		}
 	}
-	cut, why := 0, ""
+	// cut is how many leading segments the limits delete, up to the open
+	// one; a pending segment caps it below.
+	cut := 0
 	if r.MaxSegments > 0 && sealed > r.MaxSegments {
-		cut, why = sealed-r.MaxSegments, "max segments"
+		n, extra := 0, sealed-r.MaxSegments
+		for ; n < last && extra > 0; n++ {
+			if t.Segments[n].State == cluster.SegmentSealed {
+				extra--
+			}
+		}
+		cut, why = n, "max segments"
 	}
 	if r.MaxBytes > 0 {
 		n := 0
-		for ; n < prefix && bytes > r.MaxBytes; n++ {
+		for ; n < last && bytes > r.MaxBytes; n++ {
 			bytes -= t.Segments[n].Bytes
 		}
 		if n > cut {
@@ -61,60 +71,108 @@ func (r Retention) firstKept(t *cluster.Topic, now time.Time) (uint64, string) {
 		// Segments are sealed in order: the last expired one takes the
 		// ones before it along, even those sealed before their time was
 		// recorded (SealedAt 0).
-		for n := prefix; n > cut; n-- {
+		for n := last; n > cut; n-- {
 			if at := t.Segments[n-1].SealedAt; at != 0 && now.Sub(time.Unix(0, at)) > r.MaxAge {
 				cut, why = n, "max age"
 				break
 			}
 		}
 	}
-	cut = min(cut, prefix)
-	if cut == 0 {
-		return t.Segments[0].ID, ""
+	if cut > prefix {
+		blocked, cut = t.Segments[prefix].ID, prefix
 	}
-	return t.Segments[cut].ID, why
+	if cut == 0 {
+		return t.Segments[0].ID, "", blocked
+	}
+	return t.Segments[cut].ID, why, blocked
 }
 
 // applyRetention runs on the Raft leader: it trims every topic whose
 // oldest sealed segments the policy deletes. Each node then deletes its
-// own files of the trimmed segments (deleteTrimmed).
+// own files of the trimmed segments (deleteTrimmed). It stops as soon as
+// this node no longer leads Raft (it never forwards its policy to another
+// leader), and within RequestTimeout, so that it cannot hold up the
+// monitor's rollovers.
 func (s *Server) applyRetention(ctx context.Context) {
-	if !s.cfg.Retention.enabled() || !s.raft.IsLeader() {
+	if !s.cfg.Retention.enabled() {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
 	m := s.raft.Metadata()
 	now := time.Now()
 	for _, name := range m.TopicNames() {
+		if !s.raft.IsLeader() || ctx.Err() != nil {
+			return
+		}
 		t, _ := m.Topic(name)
-		keep, why := s.cfg.Retention.firstKept(t, now)
+		keep, why, blocked := s.cfg.Retention.firstKept(t, now)
+		s.noteBlocked(t, blocked)
 		if why == "" {
 			continue
 		}
-		res, err := s.propose(ctx, cluster.Command{Type: cluster.CmdTrimTopic, Topic: name, Segment: keep})
+		res, err := s.proposeAsLeader(ctx, cluster.Command{Type: cluster.CmdTrimTopic, Topic: name, Segment: keep})
 		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn("retention: trim did not complete; retrying later", "topic", name, "keep", keep, "err", err)
-			}
+			s.log.Warn("retention: trim did not complete; retrying later", "topic", name, "keep", keep, "err", err)
 			continue
 		}
 		if res.Applied {
-			s.log.Info("retention: deleted the oldest segments", "topic", name, "first_kept", keep,
-				"first_offset", t.Segments[0].Base, "limit", why)
+			kept, _ := t.Segment(keep)
+			s.log.Info("retention: deleted the oldest segments", "topic", name, "first_segment", keep,
+				"first_offset", kept.Base, "limit", why)
 		}
 	}
+}
+
+// noteBlocked logs, once per segment, a pending segment that keeps
+// retention from deleting the sealed segments after it: its node must
+// come back and report it first.
+func (s *Server) noteBlocked(t *cluster.Topic, blocked uint64) {
+	seen := s.trims[t.Name]
+	if blocked == 0 || seen.blockedBy == blocked {
+		return
+	}
+	seg, _ := t.Segment(blocked)
+	s.log.Warn("retention: a failed-over segment waits for its node; nothing after it is deleted until the node reports it",
+		"topic", t.Name, "segment", blocked, "node", seg.Leader)
+	seen.blockedBy = blocked
+	s.trims[t.Name] = seen
+}
+
+// trimSeen is what deleteTrimmed remembers of a topic's latest trim.
+type trimSeen struct {
+	first     uint64    // the topic's first segment in the metadata
+	since     time.Time // when this node first saw it there
+	blockedBy uint64    // the pending segment last logged by noteBlocked
 }
 
 // deleteTrimmed removes this node's files of segments retention trimmed
 // from the metadata: those before their topic's first segment. Trims only
 // move forward, so a node behind in the log deletes less, never wrongly.
+//
+// It waits RequestTimeout after it first sees a trim: a read that another
+// node began on metadata from before the trim (applied there a moment
+// later than here) has finished or timed out by then, and gets its entries
+// rather than an error.
 func (s *Server) deleteTrimmed() {
+	s.segMu.Lock()
+	defer s.segMu.Unlock()
 	m := s.raft.Metadata()
+	now := time.Now()
 	for _, name := range s.store.Topics() {
 		t, ok := m.Topic(name)
 		if !ok {
 			continue // created elsewhere and not applied here yet, or not a topic
 		}
 		first := t.Segments[0].ID
+		seen := s.trims[name]
+		if seen.first != first {
+			seen.first, seen.since = first, now
+			s.trims[name] = seen
+		}
+		if now.Sub(seen.since) < s.cfg.RequestTimeout {
+			continue
+		}
 		for _, info := range s.store.Segments(name) {
 			if uint64(info.ID) >= first {
 				break

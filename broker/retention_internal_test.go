@@ -27,6 +27,7 @@ func TestRetention_FirstKept(t *testing.T) {
 		segs     []cluster.Segment
 		keep     uint64
 		why      string
+		blocked  uint64
 		disabled bool
 	}{
 		{name: "no limits", segs: five, keep: 3, disabled: true},
@@ -43,20 +44,28 @@ func TestRetention_FirstKept(t *testing.T) {
 		{name: "never past a pending segment",
 			r:    Retention{MaxSegments: 1},
 			segs: []cluster.Segment{sealed(1, 10, 1), pending(2), sealed(3, 10, 1), sealed(4, 10, 1), open(5)},
-			keep: 2, why: "max segments"},
+			keep: 2, why: "max segments", blocked: 2},
 		{name: "a pending first segment stops everything",
 			r:    Retention{MaxAge: time.Nanosecond, MaxBytes: 1, MaxSegments: 1},
 			segs: []cluster.Segment{pending(1), sealed(2, 10, 1), sealed(3, 10, 1), open(4)},
-			keep: 1},
+			keep: 1, blocked: 1},
+		{name: "a pending segment the limits do not reach",
+			r:    Retention{MaxSegments: 2},
+			segs: []cluster.Segment{sealed(1, 10, 1), sealed(2, 10, 1), pending(3), sealed(4, 10, 1), open(5)},
+			keep: 2, why: "max segments"},
+		{name: "age past a pending segment",
+			r:    Retention{MaxAge: time.Minute},
+			segs: []cluster.Segment{sealed(1, 10, 1), pending(2), sealed(3, 10, ago(time.Hour)), open(4)},
+			keep: 2, why: "max age", blocked: 2},
 		{name: "only an open segment", r: Retention{MaxSegments: 1, MaxBytes: 1, MaxAge: time.Nanosecond}, segs: []cluster.Segment{open(9)}, keep: 9},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.r.enabled() == tc.disabled {
 				t.Fatalf("enabled() = %v", tc.r.enabled())
 			}
-			keep, why := tc.r.firstKept(&cluster.Topic{Name: "t", Segments: tc.segs}, now)
-			if keep != tc.keep || why != tc.why {
-				t.Fatalf("firstKept = %d (%q), want %d (%q)", keep, why, tc.keep, tc.why)
+			keep, why, blocked := tc.r.firstKept(&cluster.Topic{Name: "t", Segments: tc.segs}, now)
+			if keep != tc.keep || why != tc.why || blocked != tc.blocked {
+				t.Fatalf("firstKept = %d (%q, blocked by %d), want %d (%q, blocked by %d)", keep, why, blocked, tc.keep, tc.why, tc.blocked)
 			}
 		})
 	}

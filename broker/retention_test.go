@@ -137,3 +137,32 @@ func TestRetention_MaxAge(t *testing.T) {
 	got := drain(t, ctx, s, "aged", 10)
 	equalSeq(t, "drained after retention", got, values[6:])
 }
+
+// An append that judged a segment open on metadata from before the segment
+// was sealed, trimmed and its files deleted does not create it again:
+// that would store an entry nobody can read, at an offset already used.
+func TestRetention_TrimmedSegmentIsNotRecreated(t *testing.T) {
+	c := newCluster(t, 1, func(cfg *broker.Config) {
+		cfg.MaxSegmentEntries = 2
+		cfg.Retention = broker.Retention{MaxSegments: 1}
+	})
+	ctx := testCtx(t, 60*time.Second)
+	s := c.srv(1)
+	if err := s.Register(ctx, "stale"); err != nil {
+		t.Fatal(err)
+	}
+	stale := broker.OpenSegment(s, "stale") // segment 1, as an append saw it
+	putAll(t, ctx, s, "stale", seq("s", 6)) // segments 1-3 sealed, 4 open; 1 and 2 trimmed
+	waitFor(t, 20*time.Second, func() error {
+		if broker.HasSegment(s, "stale", 1) {
+			return errors.New("segment 1 is still in storage")
+		}
+		return nil
+	})
+	if err := broker.EnsureSegment(s, "stale", stale); !errors.Is(err, broker.ErrRollingOver) {
+		t.Fatalf("creating trimmed segment 1 again: %v, want ErrRollingOver", err)
+	}
+	if broker.HasSegment(s, "stale", 1) {
+		t.Fatal("segment 1 was created again")
+	}
+}

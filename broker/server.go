@@ -43,6 +43,15 @@ type Server struct {
 	lease    writeLease  // heartbeat answers renewing the write lease (leaseValid)
 	leaving  atomic.Bool // HandOff began: heartbeats say so, nothing new is placed here
 
+	// segMu orders creating a segment in storage (ensureSegment) with
+	// deleting the files of trimmed ones (deleteTrimmed): a segment is
+	// created only while the metadata still has it open here, so a
+	// trimmed segment is never created again.
+	segMu sync.Mutex
+	// trims is the monitor goroutine's record of the trims it has seen,
+	// per topic (deleteTrimmed); no other goroutine touches it.
+	trims map[string]trimSeen
+
 	// serving is set once Raft has started: the bridge runs earlier (it
 	// carries the route seeds) and answers forwarded requests Unavailable
 	// until then. Setting it publishes s.raft to the handler goroutines.
@@ -76,6 +85,7 @@ func New(cfg Config) (*Server, error) {
 		dir: filepath.Join(cfg.DataDir, "node_"+strconv.FormatUint(cfg.NodeID, 10)),
 	}
 	s.mu.rolling = make(map[string]bool)
+	s.trims = make(map[string]trimSeen)
 	s.mu.cursors = make(map[string]uint64)
 	s.mu.peers = make(map[cluster.NodeID]peerReport)
 	return s, nil

@@ -348,8 +348,8 @@ func (l *Log) DeleteSegment(topic string, id SegmentID) error {
 	}
 	l.mu.Unlock()
 
-	l.files.forget(s)
 	_ = s.closeFile(true) // read-only by now; the files are removed next
+	l.files.forget(s)     // after closeFile: a racing read's touch sees it deleted
 	if err := os.Remove(s.idxPath()); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("storage: delete %s: %w", s.idxPath(), err)
 	}

@@ -147,6 +147,13 @@ func (s *segment) reopen() (bool, error) {
 	return true, nil
 }
 
+// isDeleted reports whether DeleteSegment removed the segment's files.
+func (s *segment) isDeleted() bool {
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	return s.deleted
+}
+
 // closeFile closes the segment file; deleted marks the files as gone so
 // that no read reopens them.
 func (s *segment) closeFile(deleted bool) error {
@@ -184,6 +191,13 @@ func (c *fileCache) touch(s *segment) {
 	}
 	var victims []*segment
 	c.mu.Lock()
+	if s.isDeleted() {
+		// A read that raced DeleteSegment: do not cache the descriptor
+		// again (DeleteSegment marks the segment deleted before it
+		// forgets it, so one of the two drops it).
+		c.mu.Unlock()
+		return
+	}
 	if e, ok := c.elems[s]; ok {
 		c.lru.MoveToFront(e)
 	} else {

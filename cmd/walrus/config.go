@@ -378,20 +378,21 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 }
 
 // parseAge parses a retention age: a Go duration ("36h", "90m") or a whole
-// number of days ("7d"); empty or "0" is no limit.
+// number of days ("7d"); empty or zero ("0", "0s", "0d") is no limit.
 func parseAge(v string) (time.Duration, error) {
-	switch v = strings.TrimSpace(v); {
-	case v == "" || v == "0":
+	v = strings.TrimSpace(v)
+	if v == "" {
 		return 0, nil
-	case strings.HasSuffix(v, "d"):
-		days, err := strconv.ParseUint(strings.TrimSuffix(v, "d"), 10, 16)
-		if err != nil || days == 0 {
+	}
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.ParseUint(days, 10, 16)
+		if err != nil {
 			return 0, fmt.Errorf("%q is not a whole number of days like 7d", v)
 		}
-		return time.Duration(days) * 24 * time.Hour, nil
+		return time.Duration(n) * 24 * time.Hour, nil
 	}
 	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
+	if err != nil || d < 0 {
 		return 0, fmt.Errorf("%q is not a positive duration like 168h or 7d", v)
 	}
 	return d, nil

@@ -154,6 +154,8 @@ func TestConfig_Retention(t *testing.T) {
 		{args: []string{"--retention-max-age", "90m", "--retention-max-bytes", "1000000"},
 			want: broker.Retention{MaxAge: 90 * time.Minute, MaxBytes: 1000000}},
 		{env: []string{"WALRUS_RETENTION_MAX_AGE=0", "WALRUS_RETENTION_MAX_SEGMENTS=3"}, want: broker.Retention{MaxSegments: 3}},
+		{args: []string{"--retention-max-age", "0d"}},
+		{args: []string{"--retention-max-age", "0s"}},
 		{args: []string{"--config", file}, env: []string{"WALRUS_RETENTION_MAX_BYTES=5"},
 			want: broker.Retention{MaxAge: 36 * time.Hour, MaxBytes: 5, MaxSegments: 10}},
 	} {
