@@ -36,6 +36,11 @@ type Config struct {
 	// Join lists Raft addresses (host:port) of existing nodes. Empty: a new
 	// node bootstraps a one-node cluster.
 	Join []string
+	// BootstrapExpect, above 1, lets a new cluster's nodes share one Join
+	// list: the one with the lowest id bootstraps once BootstrapExpect new
+	// nodes (itself included) answer, the others join it
+	// (cluster.Config.BootstrapExpect).
+	BootstrapExpect int
 
 	// ClientHost and ClientPort serve the native TCP protocol. Defaults
 	// 127.0.0.1 and 8080.
@@ -265,6 +270,8 @@ func (c Config) Validate() error {
 		return bad("lease timeout %v is not positive", c.LeaseTimeout)
 	case c.RequestTimeout <= 0:
 		return bad("request timeout %v is not positive", c.RequestTimeout)
+	case c.BootstrapExpect < 0:
+		return bad("bootstrap expect %d is negative", c.BootstrapExpect)
 	case c.MaxSegmentBytes <= 0:
 		return bad("max segment bytes %d is not positive", c.MaxSegmentBytes)
 	case c.Retention.MaxAge < 0 || c.Retention.MaxBytes < 0 || c.Retention.MaxSegments < 0:

@@ -194,6 +194,7 @@ func (s *Server) startRaft(ctx context.Context) error {
 			HTTPAddr:   s.cfg.HTTPAddr,
 		},
 		Join:               s.cfg.Join,
+		BootstrapExpect:    s.cfg.BootstrapExpect,
 		HeartbeatTimeout:   t.HeartbeatTimeout,
 		ElectionTimeout:    t.ElectionTimeout,
 		LeaderLeaseTimeout: t.LeaderLeaseTimeout,

@@ -32,6 +32,15 @@ type Config struct {
 	// empty Join bootstraps a one-node cluster and a non-empty one joins
 	// through them. Ignored when Raft state exists.
 	Join []string
+	// BootstrapExpect, when above 1, makes a node with no Raft state and a
+	// Join list bootstrap only once that many nodes, itself included, are
+	// known to have no Raft state either (they answer joins "fresh"), and
+	// only if its id is the lowest of them; any other answer (a member, a
+	// node with state) makes it join. Every node of a new cluster gets the
+	// same Join list and BootstrapExpect: exactly one bootstraps, and a
+	// node that lost its data later joins (and is refused as replaced)
+	// instead of starting a second cluster.
+	BootstrapExpect int
 	// JoinTimeout bounds how long Start keeps trying to join, and, when
 	// restarting from existing state, how long it waits for a leader and for
 	// this node to catch up. Default 60s.
@@ -131,6 +140,9 @@ func (c Config) Validate() error {
 		if _, _, err := splitHostPort(a); err != nil {
 			bad("join address: %w", err)
 		}
+	}
+	if c.BootstrapExpect < 0 {
+		bad("bootstrap expect %d is negative", c.BootstrapExpect)
 	}
 	if c.JoinTimeout < 0 || c.WALSegmentSize < 0 {
 		bad("negative join timeout or wal segment size")

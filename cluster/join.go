@@ -40,6 +40,9 @@ const (
 	codeNodeReplaced = "node_replaced" // ErrNodeReplaced: an operator must remove the old node
 	codeNotMember    = "not_member"    // a rejoin of a node that was removed
 	codeFailed       = "failed"        // the leader could not add the node; retry
+	// codeFresh: the answering node has no Raft state and belongs to no
+	// cluster yet; Members holds only its own record (BootstrapExpect).
+	codeFresh = "fresh"
 )
 
 // joinRequest is the one request of a 'J' connection.
@@ -142,6 +145,10 @@ func (n *Node) handleJoin(ctx context.Context, req joinRequest) joinResponse {
 	if r.State() != raft.Leader {
 		if _, addr := n.Leader(); addr != "" {
 			return joinResponse{Status: joinRedirect, Leader: addr, Members: n.Members()}
+		}
+		if n.fresh() {
+			return joinResponse{Status: joinError, Code: codeFresh, Members: []NodeInfo{n.Self()},
+				Message: fmt.Sprintf("node %d has no raft state and is in no cluster yet", n.cfg.ID)}
 		}
 		return joinResponse{Status: joinError, Code: codeNoLeader, Message: "no leader yet"}
 	}

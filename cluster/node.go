@@ -167,6 +167,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	case len(n.cfg.Join) == 0:
 		n.log.Info("bootstrapping a new cluster", logKeyAddr, n.Self().RaftAddr)
 		err = n.bootstrap(ctx)
+	case n.cfg.BootstrapExpect > 1:
+		n.log.Info("waiting for the other nodes to bootstrap or join a cluster", "join", n.cfg.Join,
+			"bootstrap_expect", n.cfg.BootstrapExpect, logKeyAddr, n.Self().RaftAddr)
+		err = n.bootstrapOrJoin(ctx)
 	default:
 		n.log.Info("joining a cluster", "join", n.cfg.Join, logKeyAddr, n.Self().RaftAddr)
 		err = n.join(ctx)

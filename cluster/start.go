@@ -87,10 +87,7 @@ func (n *Node) join(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n.mu.Lock()
-	stream := n.mu.stream
-	n.mu.Unlock()
-	stream.openRaft()
+	n.openRaft()
 
 	req.DryRun = false
 	resp, _, err := n.joinLoop(ctx, req, func() []string { return append([]string{leader}, n.cfg.Join...) })
@@ -142,4 +139,77 @@ func (n *Node) poll(ctx context.Context, what string, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// fresh reports whether this node started without Raft state and has no
+// Raft configuration yet: it has neither bootstrapped nor been added to a
+// cluster.
+func (n *Node) fresh() bool {
+	return !n.HasState() && len(n.configuration().Servers) == 0
+}
+
+// bootstrapOrJoin starts a node with no Raft state under BootstrapExpect.
+// It asks every Join address, in rounds, whether it may join (a dry run):
+// as soon as one answer comes from a node that is in a cluster or has Raft
+// state, a cluster exists and this node joins it. Once BootstrapExpect-1
+// other nodes answered "fresh", the one with the lowest id bootstraps and
+// the others join it (retrying until it leads).
+func (n *Node) bootstrapOrJoin(ctx context.Context) error {
+	self := n.Self()
+	req := &joinRequest{Node: self, DryRun: true}
+	backoff := joinBackoffMin
+	for {
+		fresh := map[NodeID]bool{}
+		for _, addr := range n.cfg.Join {
+			if addr == self.RaftAddr {
+				continue
+			}
+			resp, err := joinRPC(ctx, addr, req)
+			switch {
+			case err != nil:
+				n.log.Debug("bootstrap expect: no answer", logKeyAddr, addr, logKeyErr, err)
+				continue
+			case resp.Status == joinError && resp.Code == codeFresh:
+				for _, m := range resp.Members {
+					if m.ID != self.ID {
+						fresh[m.ID] = true
+					}
+				}
+				continue
+			}
+			n.log.Info("a cluster exists: joining it", logKeyAddr, addr, "answer", resp.Status, "code", resp.Code)
+			return n.join(ctx)
+		}
+		if len(fresh)+1 >= n.cfg.BootstrapExpect {
+			lowest := self.ID
+			for id := range fresh {
+				lowest = min(lowest, id)
+			}
+			if lowest == self.ID {
+				n.log.Info("bootstrapping a new cluster: the expected nodes are all new and this one has the lowest id",
+					"bootstrap_expect", n.cfg.BootstrapExpect, logKeyAddr, self.RaftAddr)
+				n.openRaft()
+				return n.bootstrap(ctx)
+			}
+			n.log.Info("joining the new cluster that the node with the lowest id bootstraps", "node", uint64(lowest))
+			return n.join(ctx)
+		}
+		n.log.Debug("bootstrap expect: waiting for more new nodes", "fresh", len(fresh)+1, "expect", n.cfg.BootstrapExpect)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return fmt.Errorf("bootstrap expect %d: %d of them answered as new nodes: %w", n.cfg.BootstrapExpect, len(fresh)+1, ctx.Err())
+		}
+		backoff = min(2*backoff, joinBackoffMax)
+	}
+}
+
+// openRaft lets Raft connections in: a node that starts without Raft
+// state and with a Join list takes none until it knows it may join (join)
+// or bootstraps (bootstrapOrJoin).
+func (n *Node) openRaft() {
+	n.mu.Lock()
+	stream := n.mu.stream
+	n.mu.Unlock()
+	stream.openRaft()
 }

@@ -39,7 +39,10 @@ type nodeConfig struct {
 	// BootstrapNodeID, when not 0, names the one node that bootstraps a new
 	// cluster when it has no Raft state; the others join through Join. It
 	// lets every node of a StatefulSet share one Join list.
-	BootstrapNodeID   uint64 `koanf:"bootstrap-node-id"`
+	BootstrapNodeID uint64 `koanf:"bootstrap-node-id"`
+	// BootstrapExpect, above 1, lets every node of a new cluster share one
+	// Join list: the lowest id bootstraps once that many new nodes answer.
+	BootstrapExpect   int    `koanf:"bootstrap-expect"`
 	DataDir           string `koanf:"data-dir"`
 	RaftHost          string `koanf:"raft-host"`
 	RaftPort          int    `koanf:"raft-port"`
@@ -93,6 +96,7 @@ func nodeFlags(fs *flag.FlagSet) {
 	fs.String("config", "", "YAML configuration file (keys are the flag names)")
 	fs.Uint64("node-id", 1, "unique node id")
 	fs.Bool("node-id-from-hostname", false, "derive the node id from a StatefulSet pod's host name: <name>-<ordinal> is node ordinal+1 (not with --node-id)")
+	fs.Int("bootstrap-expect", 0, "with no Raft state and a --join list naming every node: bootstrap a new cluster only once this many nodes (this one included) answer that they are new too, and only the one with the lowest id; otherwise join (0: off)")
 	fs.Uint64("bootstrap-node-id", 0, "with no Raft state, the node with this id bootstraps a new cluster and ignores --join; the others join (0: a node bootstraps when --join is empty)")
 	fs.String("data-dir", broker.DefaultDataDir, "root data directory (the node uses <data-dir>/node_<id>)")
 	fs.String("raft-host", "127.0.0.1", "address Raft and joins listen on")
@@ -364,6 +368,15 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		bc.HTTPAddr = net.JoinHostPort(c.ClientHost, strconv.Itoa(c.HTTPPort))
 	}
 	bc.Join = splitList(c.Join)
+	switch {
+	case c.BootstrapExpect < 0:
+		return broker.Config{}, fmt.Errorf("bootstrap expect %d is negative", c.BootstrapExpect)
+	case c.BootstrapExpect > 1 && c.BootstrapNodeID != 0:
+		return broker.Config{}, errors.New("bootstrap-expect and bootstrap-node-id are both given: use one of them")
+	case c.BootstrapExpect > 1 && len(bc.Join) == 0:
+		return broker.Config{}, fmt.Errorf("bootstrap expect %d needs --join naming the other nodes", c.BootstrapExpect)
+	}
+	bc.BootstrapExpect = c.BootstrapExpect
 	if c.BootstrapNodeID != 0 {
 		if len(bc.Join) == 0 {
 			return broker.Config{}, fmt.Errorf("bootstrap node id %d needs --join: without it every node bootstraps a cluster of its own", c.BootstrapNodeID)

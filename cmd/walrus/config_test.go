@@ -379,6 +379,29 @@ func TestConfig_NodeIDFromHostname(t *testing.T) {
 
 // --bootstrap-node-id: the named node bootstraps (it drops --join, which a
 // node with Raft state ignores anyway); the others join; it needs --join.
+// --bootstrap-expect reaches the broker with the whole join list, needs
+// one, and excludes --bootstrap-node-id.
+func TestConfig_BootstrapExpect(t *testing.T) {
+	join := "walrus-0.h:6000,walrus-1.h:6000,walrus-2.h:6000"
+	bc, err := load(t, []string{"--join", join}, "WALRUS_BOOTSTRAP_EXPECT=3").brokerConfig(nil)
+	if err != nil || bc.BootstrapExpect != 3 || len(bc.Join) != 3 {
+		t.Fatalf("bootstrap expect %d, join %q, %v; want 3 and the whole list", bc.BootstrapExpect, bc.Join, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bootstrap-expect", "3"}, "bootstrap expect 3 needs --join"},
+		{[]string{"--bootstrap-expect", "3", "--bootstrap-node-id", "1", "--join", join}, "bootstrap-expect and bootstrap-node-id are both given"},
+		{[]string{"--bootstrap-expect", "-1", "--join", join}, "bootstrap expect -1 is negative"},
+	} {
+		var stderr bytes.Buffer
+		if code := runNodeWith(context.Background(), tc.args, nil, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%q: exit %d, %q; want exit 2 mentioning %q", tc.args, code, stderr.String(), tc.want)
+		}
+	}
+}
+
 func TestConfig_BootstrapNodeID(t *testing.T) {
 	join := "walrus-0.h:6000,walrus-1.h:6000,walrus-2.h:6000"
 	for host, wantJoin := range map[string][]string{

@@ -121,6 +121,9 @@ func writeConfigReport(w io.Writer, c nodeConfig, hostname func() (string, error
 		}
 	}
 	switch {
+	case c.BootstrapExpect > 1 && len(others) > 0:
+		fmt.Fprintf(&b, "# start: from its raft state if it has some, else it joins through %s, or bootstraps a new cluster "+
+			"if %d nodes, this one included, are new and this one has the lowest id\n", strings.Join(others, ", "), c.BootstrapExpect)
 	case c.Join == "" || c.BootstrapNodeID == c.NodeID:
 		b.WriteString("# start: from its raft state if it has some, else it bootstraps a new cluster\n")
 	case len(others) == 0:

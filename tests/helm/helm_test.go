@@ -333,6 +333,7 @@ func (c chart) checkPods(t *testing.T, ctr container, configArg [2]string) {
 		var eff struct {
 			NodeID            uint64 `yaml:"node-id"`
 			BootstrapNodeID   uint64 `yaml:"bootstrap-node-id"`
+			BootstrapExpect   int    `yaml:"bootstrap-expect"`
 			Join              string `yaml:"join"`
 			DataDir           string `yaml:"data-dir"`
 			RaftHost          string `yaml:"raft-host"`
@@ -393,14 +394,21 @@ func (c chart) checkPods(t *testing.T, ctr container, configArg [2]string) {
 		}
 		start := "else it joins through " + strings.Join(want, ", ") + "\n"
 		switch {
-		case c.bootstrap && i == 0:
+		case c.bootstrap && c.replicas > 1:
+			// Every pod: bootstrap only if all are new, and only walrus-0.
+			start = fmt.Sprintf("else it joins through %s, or bootstraps a new cluster if %d nodes, this one included, "+
+				"are new and this one has the lowest id\n", strings.Join(want, ", "), c.replicas)
+			if eff.BootstrapExpect != c.replicas || eff.BootstrapNodeID != 0 {
+				fail("bootstrap expect %d, bootstrap node id %d; want %d and 0", eff.BootstrapExpect, eff.BootstrapNodeID, c.replicas)
+			}
+		case c.bootstrap:
 			start = "else it bootstraps a new cluster\n"
 			if eff.BootstrapNodeID != 1 {
 				fail("bootstrap node id %d, want 1", eff.BootstrapNodeID)
 			}
-		case !c.bootstrap && eff.BootstrapNodeID != 0:
-			fail("bootstrap node id %d with cluster.bootstrap=false", eff.BootstrapNodeID)
-		case c.replicas == 1 && !c.bootstrap:
+		case eff.BootstrapNodeID != 0 || eff.BootstrapExpect != 0:
+			fail("bootstrap node id %d, expect %d with cluster.bootstrap=false", eff.BootstrapNodeID, eff.BootstrapExpect)
+		case c.replicas == 1:
 			start = "else it fails: --join names only this node\n"
 		}
 		if !bytes.Contains(stdout, []byte("# start: from its raft state if it has some, "+start)) {

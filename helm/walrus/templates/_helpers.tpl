@@ -76,7 +76,7 @@ StatefulSet), so that a node recognises (and skips) its own join address.
 {{- fail (printf "replicaCount %d is below the StatefulSet's %d replicas: scaling down is not supported yet (the removed nodes would stay Raft voters and count against the majority; see README.md). Set allowScaleDown=true only once they have been removed from the cluster." (int .Values.replicaCount) (int $current.spec.replicas)) }}
 {{- end }}
 {{- end }}
-{{- $managed := list "node-id" "node-id-from-hostname" "bootstrap-node-id" "join" "data-dir" "raft-host" "raft-port" "raft-advertise-host" "client-host" "client-port" "port" "nats-port" "nats-cluster-port" "http-port" "config" }}
+{{- $managed := list "node-id" "node-id-from-hostname" "bootstrap-node-id" "bootstrap-expect" "join" "data-dir" "raft-host" "raft-port" "raft-advertise-host" "client-host" "client-port" "port" "nats-port" "nats-cluster-port" "http-port" "config" }}
 {{- range $key, $_ := .Values.config }}
 {{- if has $key $managed }}
 {{- fail (printf "config.%s is set by the chart (see values.yaml: ports, cluster, replicaCount); remove it from config" $key) }}
