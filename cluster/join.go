@@ -138,6 +138,12 @@ func (n *Node) serveJoin(ctx context.Context, c net.Conn) {
 
 // handleJoin decides the answer to a valid request.
 func (n *Node) handleJoin(ctx context.Context, req joinRequest) joinResponse {
+	if n.fresh() {
+		// Whether Raft runs yet or not (the listener opens first): a node
+		// deciding under BootstrapExpect must not take it for a cluster.
+		return joinResponse{Status: joinError, Code: codeFresh, Members: []NodeInfo{n.Self()},
+			Message: fmt.Sprintf("node %d has no raft state and is in no cluster yet", n.cfg.ID)}
+	}
 	r := n.raft.Load()
 	if r == nil {
 		return joinResponse{Status: joinError, Code: codeNoLeader, Message: "raft is not running yet"}
@@ -145,10 +151,6 @@ func (n *Node) handleJoin(ctx context.Context, req joinRequest) joinResponse {
 	if r.State() != raft.Leader {
 		if _, addr := n.Leader(); addr != "" {
 			return joinResponse{Status: joinRedirect, Leader: addr, Members: n.Members()}
-		}
-		if n.fresh() {
-			return joinResponse{Status: joinError, Code: codeFresh, Members: []NodeInfo{n.Self()},
-				Message: fmt.Sprintf("node %d has no raft state and is in no cluster yet", n.cfg.ID)}
 		}
 		return joinResponse{Status: joinError, Code: codeNoLeader, Message: "no leader yet"}
 	}
