@@ -270,14 +270,15 @@ func (c Config) Validate() error {
 		return bad("lease timeout %v is not positive", c.LeaseTimeout)
 	case c.RequestTimeout <= 0:
 		return bad("request timeout %v is not positive", c.RequestTimeout)
-	case c.BootstrapExpect < 0:
-		return bad("bootstrap expect %d is negative", c.BootstrapExpect)
 	case c.MaxSegmentBytes <= 0:
 		return bad("max segment bytes %d is not positive", c.MaxSegmentBytes)
 	case c.Retention.MaxAge < 0 || c.Retention.MaxBytes < 0 || c.Retention.MaxSegments < 0:
 		return bad("retention %+v: a limit is negative (0: no limit)", c.Retention)
 	case c.FailoverTimeout <= c.LeaseTimeout:
 		return bad("failover timeout %v must exceed the lease timeout %v", c.FailoverTimeout, c.LeaseTimeout)
+	}
+	if err := cluster.CheckBootstrapExpect(c.BootstrapExpect, c.Join); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if err := c.validateNATS(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)

@@ -28,3 +28,7 @@ func HasSegment(s *Server, topic string, id uint64) bool {
 	_, err := s.store.Segment(topic, storage.SegmentID(id))
 	return err == nil
 }
+
+// MarkLeaving sets s's leaving flag as HandOff does first, and nothing
+// else: no heartbeat, no rollover, no leadership transfer.
+func MarkLeaving(s *Server) { s.leaving.Store(true) }

@@ -89,3 +89,33 @@ func TestHandOffLeavingNodeGetsNoSegments(t *testing.T) {
 		}
 	}
 }
+
+// A leaving node that leads Raft places nothing on itself either. It may
+// become Raft leader after its HandOff (an election it wins), and it sends
+// itself no heartbeat: its own flag must count.
+func TestHandOffLeavingRaftLeaderPlacesNothingOnItself(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *broker.Config) { cfg.MaxSegmentEntries = 2 })
+	ctx := testCtx(t, 60*time.Second)
+	leader := c.raftLeader()
+	var other *node
+	for _, n := range c.nodes {
+		if n != leader {
+			other = n
+			break
+		}
+	}
+	broker.MarkLeaving(leader.srv) // as if it had handed off and then won an election
+	if err := other.srv.Register(ctx, "leaving-leader"); err != nil {
+		t.Fatal(err)
+	}
+	putAll(t, ctx, other.srv, "leaving-leader", seq("v", 12))
+	st := stateOf(t, other.srv, "leaving-leader")
+	if len(st.SegmentLeaders) < 6 {
+		t.Fatalf("want at least 6 segments, got %+v", st)
+	}
+	for seg, l := range st.SegmentLeaders {
+		if l == leader.id {
+			t.Fatalf("segment %s was placed on node %d, the leaving Raft leader: %+v", seg, leader.id, st)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 )
@@ -29,6 +30,9 @@ func (s *Server) httpHandler() http.Handler {
 
 // ready reports why the node cannot serve writes, or nil.
 func (s *Server) ready() error {
+	if !s.serving.Load() {
+		return errors.New("starting: joining or bootstrapping the cluster")
+	}
 	leader, _ := s.raft.Leader()
 	switch {
 	case leader == 0:

@@ -43,21 +43,21 @@ func newMetrics(s *Server) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "walrus_cluster_is_leader", Help: "1 if this node is the Raft leader."},
 			func() float64 {
-				if s.raft != nil && s.raft.IsLeader() {
+				if s.serving.Load() && s.raft.IsLeader() {
 					return 1
 				}
 				return 0
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "walrus_cluster_metadata_index", Help: "Raft index of the metadata this node has applied."},
 			func() float64 {
-				if s.raft == nil {
+				if !s.serving.Load() {
 					return 0
 				}
 				return float64(s.raft.Metadata().Index)
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "walrus_cluster_topics", Help: "Topics in the metadata."},
 			func() float64 {
-				if s.raft == nil {
+				if !s.serving.Load() {
 					return 0
 				}
 				return float64(s.raft.Metadata().NumTopics())

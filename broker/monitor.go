@@ -133,6 +133,16 @@ func (s *Server) failOver() {
 	if !s.raft.IsLeader() {
 		return
 	}
+	if s.leaving.Load() {
+		// Handed off, then won an election: hand Raft on again, so that
+		// stopping this node costs no election.
+		if err := s.raft.TransferLeadership(); err != nil {
+			s.log.Debug("leaving: raft leadership not handed off", "err", err)
+		}
+		if !s.raft.IsLeader() {
+			return
+		}
+	}
 	health := s.raft.PeerHealth()
 	m := s.raft.Metadata()
 	for _, name := range m.TopicNames() {

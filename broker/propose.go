@@ -134,6 +134,9 @@ func (s *Server) liveVoters() []cluster.NodeID {
 		leaving[id] = p.leaving
 	}
 	s.mu.Unlock()
+	// This node's own flag: it sends itself no heartbeat, and it may have
+	// become Raft leader after its HandOff.
+	leaving[s.self()] = s.leaving.Load()
 	var live []cluster.NodeID
 	for _, id := range s.raft.Voters() {
 		if leaving[id] {

@@ -95,9 +95,9 @@ func New(cfg Config) (*Server, error) {
 // serving. It returns once the node is a voter with a known Raft leader and
 // its listeners are up. On error it undoes what it started.
 //
-// Order: identity → storage → NATS bridge → Raft (bootstrap, join or
-// restart) → NATS route seeds → pending seals → TCP and HTTP listeners →
-// background loops.
+// Order: identity → storage → HTTP listener (/readyz: starting) → NATS
+// bridge → Raft (bootstrap, join or restart) → NATS route seeds → pending
+// seals → TCP listener → background loops.
 func (s *Server) Start(ctx context.Context) (err error) {
 	s.mu.Lock()
 	if s.mu.started {
@@ -125,6 +125,12 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("broker: open storage: %w", err)
 	}
 	s.metrics = newMetrics(s)
+	// HTTP first: /healthz answers while the node joins or bootstraps
+	// (which may wait for the other nodes: BootstrapExpect), /readyz says
+	// it is starting, and a startup probe does not kill a node that waits.
+	if err := s.startHTTP(); err != nil {
+		return err
+	}
 	if err := s.startBridge(ctx); err != nil {
 		return err
 	}
@@ -135,9 +141,6 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.syncRoutes()
 	s.finalizePending(ctx)
 	if s.tcp, err = listenTCP(s); err != nil {
-		return err
-	}
-	if err := s.startHTTP(); err != nil {
 		return err
 	}
 	if err := s.startAPI(); err != nil {
@@ -314,14 +317,8 @@ func (s *Server) HandOff(ctx context.Context) {
 	// First tell the Raft leader (or, leading, note) that this node is
 	// leaving, so that no rollover or new topic lands here meanwhile: a
 	// segment placed on a stopped node waits for the failover.
-	s.leaving.Store(true)
-	if s.raft.IsLeader() {
-		s.mu.Lock()
-		p := s.mu.peers[s.self()]
-		p.leaving = true
-		s.mu.peers[s.self()] = p
-		s.mu.Unlock()
-	} else {
+	s.leaving.Store(true) // liveVoters reads it while this node leads Raft, now or later
+	if !s.raft.IsLeader() {
 		hctx, hcancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval)
 		marked := s.sendHeartbeat(hctx, true)
 		hcancel()

@@ -547,3 +547,59 @@ func TestShutdown(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A new node waiting for the other nodes of a new cluster (BootstrapExpect)
+// serves /healthz, and /readyz says it is starting; Start waits until its
+// context ends, and then undoes what it started.
+func TestStartWaitingForNewCluster(t *testing.T) {
+	c := &cluster{t: t, log: newTestLogger(t), base: t.TempDir()}
+	cfg := c.config(1)
+	p := freeport.Get(t, 2)
+	cfg.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", p[0])
+	cfg.Join = []string{fmt.Sprintf("127.0.0.1:%d", p[1])} // nobody answers there
+	cfg.BootstrapExpect = 2
+	srv, err := broker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan error, 1)
+	go func() { started <- srv.Start(ctx) }()
+	get := func(path string) (int, string, error) {
+		resp, err := http.Get("http://" + cfg.HTTPAddr + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	waitFor(t, 10*time.Second, func() error {
+		code, body, err := get("/healthz")
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("/healthz: %d %q %v", code, body, err)
+		}
+		return nil
+	})
+	if code, body, err := get("/readyz"); err != nil || code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+		t.Fatalf("/readyz while waiting: %d %q %v; want 503 starting", code, body, err)
+	}
+	select {
+	case err := <-started:
+		t.Fatalf("Start returned while the other node is missing: %v", err)
+	case <-time.After(time.Second):
+	}
+	cancel()
+	select {
+	case err := <-started:
+		if err == nil {
+			t.Fatal("Start succeeded without the expected nodes")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start did not return after its context ended")
+	}
+	if _, _, err := get("/healthz"); err == nil {
+		t.Fatal("/healthz still answers after the failed Start")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -141,8 +142,8 @@ func (c Config) Validate() error {
 			bad("join address: %w", err)
 		}
 	}
-	if c.BootstrapExpect < 0 {
-		bad("bootstrap expect %d is negative", c.BootstrapExpect)
+	if err := CheckBootstrapExpect(c.BootstrapExpect, c.Join); err != nil {
+		bad("%w", err)
 	}
 	if c.JoinTimeout < 0 || c.WALSegmentSize < 0 {
 		bad("negative join timeout or wal segment size")
@@ -196,4 +197,23 @@ func nodeID(id raft.ServerID) NodeID {
 		return 0
 	}
 	return NodeID(v)
+}
+
+// CheckBootstrapExpect checks BootstrapExpect against the Join list: the
+// list must name every one of the expected nodes (this one may be left
+// out). A list longer than the count would let two groups of new nodes
+// each reach it and bootstrap two clusters.
+func CheckBootstrapExpect(expect int, join []string) error {
+	if expect == 0 {
+		return nil
+	}
+	if expect < 2 {
+		return fmt.Errorf("bootstrap expect %d: give 0 (off) or the number of nodes, at least 2", expect)
+	}
+	n := len(slices.Compact(slices.Sorted(slices.Values(join))))
+	if n < expect-1 || n > expect {
+		return fmt.Errorf("bootstrap expect %d: the join list names %d distinct addresses; it must name every node of the new cluster (%d, or %d without this one)",
+			expect, n, expect, expect-1)
+	}
+	return nil
 }

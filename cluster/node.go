@@ -142,9 +142,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	default:
 		return fmt.Errorf("cluster: start node %d: already started", n.cfg.ID)
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.JoinTimeout)
+	// Waiting for the other new nodes of a cluster (BootstrapExpect) is
+	// bounded only by the caller and Shutdown: a node that gave up would
+	// leave the others waiting for it, and restarting it changes nothing.
+	waitCtx, waitCancel := context.WithCancel(ctx)
+	defer waitCancel()
+	defer context.AfterFunc(n.ctx, waitCancel)() // Shutdown aborts Start
+	ctx, cancel := context.WithTimeout(waitCtx, n.cfg.JoinTimeout)
 	defer cancel()
-	defer context.AfterFunc(n.ctx, cancel)() // Shutdown aborts Start
 	defer func() {
 		if err == nil {
 			return
@@ -170,7 +175,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	case n.cfg.BootstrapExpect > 1:
 		n.log.Info("waiting for the other nodes to bootstrap or join a cluster", "join", n.cfg.Join,
 			"bootstrap_expect", n.cfg.BootstrapExpect, logKeyAddr, n.Self().RaftAddr)
-		err = n.bootstrapOrJoin(ctx)
+		err = n.bootstrapOrJoin(waitCtx)
 	default:
 		n.log.Info("joining a cluster", "join", n.cfg.Join, logKeyAddr, n.Self().RaftAddr)
 		err = n.join(ctx)

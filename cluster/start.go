@@ -153,11 +153,19 @@ func (n *Node) fresh() bool {
 // as soon as one answer comes from a node that is in a cluster or has Raft
 // state, a cluster exists and this node joins it. Once BootstrapExpect-1
 // other nodes answered "fresh", the one with the lowest id bootstraps and
-// the others join it (retrying until it leads).
-func (n *Node) bootstrapOrJoin(ctx context.Context) error {
+// the others join it (retrying until it leads). The asking goes on until
+// waitCtx ends; the bootstrap or join that follows has JoinTimeout.
+func (n *Node) bootstrapOrJoin(waitCtx context.Context) error {
+	join := func() error {
+		ctx, cancel := context.WithTimeout(waitCtx, n.cfg.JoinTimeout)
+		defer cancel()
+		return n.join(ctx)
+	}
+	ctx := waitCtx
 	self := n.Self()
 	req := &joinRequest{Node: self, DryRun: true}
 	backoff := joinBackoffMin
+	warned := map[string]bool{}
 	for {
 		fresh := map[NodeID]bool{}
 		for _, addr := range n.cfg.Join {
@@ -171,14 +179,20 @@ func (n *Node) bootstrapOrJoin(ctx context.Context) error {
 				continue
 			case resp.Status == joinError && resp.Code == codeFresh:
 				for _, m := range resp.Members {
-					if m.ID != self.ID {
+					switch {
+					case m.ID != self.ID:
 						fresh[m.ID] = true
+					case m.UUID != self.UUID && !warned[addr]:
+						// Another node with this node's id: it is not counted,
+						// so the expected number is never reached.
+						n.log.Warn("bootstrap expect: a new node with this node's id answers", logKeyAddr, addr)
+						warned[addr] = true
 					}
 				}
 				continue
 			}
 			n.log.Info("a cluster exists: joining it", logKeyAddr, addr, "answer", resp.Status, "code", resp.Code)
-			return n.join(ctx)
+			return join()
 		}
 		if len(fresh)+1 >= n.cfg.BootstrapExpect {
 			lowest := self.ID
@@ -189,10 +203,12 @@ func (n *Node) bootstrapOrJoin(ctx context.Context) error {
 				n.log.Info("bootstrapping a new cluster: the expected nodes are all new and this one has the lowest id",
 					"bootstrap_expect", n.cfg.BootstrapExpect, logKeyAddr, self.RaftAddr)
 				n.openRaft()
-				return n.bootstrap(ctx)
+				bctx, cancel := context.WithTimeout(waitCtx, n.cfg.JoinTimeout)
+				defer cancel()
+				return n.bootstrap(bctx)
 			}
 			n.log.Info("joining the new cluster that the node with the lowest id bootstraps", "node", uint64(lowest))
-			return n.join(ctx)
+			return join()
 		}
 		n.log.Debug("bootstrap expect: waiting for more new nodes", "fresh", len(fresh)+1, "expect", n.cfg.BootstrapExpect)
 		select {

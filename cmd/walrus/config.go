@@ -96,7 +96,7 @@ func nodeFlags(fs *flag.FlagSet) {
 	fs.String("config", "", "YAML configuration file (keys are the flag names)")
 	fs.Uint64("node-id", 1, "unique node id")
 	fs.Bool("node-id-from-hostname", false, "derive the node id from a StatefulSet pod's host name: <name>-<ordinal> is node ordinal+1 (not with --node-id)")
-	fs.Int("bootstrap-expect", 0, "with no Raft state and a --join list naming every node: bootstrap a new cluster only once this many nodes (this one included) answer that they are new too, and only the one with the lowest id; otherwise join (0: off)")
+	fs.Int("bootstrap-expect", 0, "the number of nodes of a new cluster, all named by --join on every node: with no Raft state, the node with the lowest id bootstraps once they all answer that they are new; any other answer makes a node join (0: off)")
 	fs.Uint64("bootstrap-node-id", 0, "with no Raft state, the node with this id bootstraps a new cluster and ignores --join; the others join (0: a node bootstraps when --join is empty)")
 	fs.String("data-dir", broker.DefaultDataDir, "root data directory (the node uses <data-dir>/node_<id>)")
 	fs.String("raft-host", "127.0.0.1", "address Raft and joins listen on")
@@ -368,15 +368,10 @@ func (c nodeConfig) brokerConfig(log *slog.Logger) (broker.Config, error) {
 		bc.HTTPAddr = net.JoinHostPort(c.ClientHost, strconv.Itoa(c.HTTPPort))
 	}
 	bc.Join = splitList(c.Join)
-	switch {
-	case c.BootstrapExpect < 0:
-		return broker.Config{}, fmt.Errorf("bootstrap expect %d is negative", c.BootstrapExpect)
-	case c.BootstrapExpect > 1 && c.BootstrapNodeID != 0:
+	if c.BootstrapExpect != 0 && c.BootstrapNodeID != 0 {
 		return broker.Config{}, errors.New("bootstrap-expect and bootstrap-node-id are both given: use one of them")
-	case c.BootstrapExpect > 1 && len(bc.Join) == 0:
-		return broker.Config{}, fmt.Errorf("bootstrap expect %d needs --join naming the other nodes", c.BootstrapExpect)
 	}
-	bc.BootstrapExpect = c.BootstrapExpect
+	bc.BootstrapExpect = c.BootstrapExpect // Validate checks it against the join list
 	if c.BootstrapNodeID != 0 {
 		if len(bc.Join) == 0 {
 			return broker.Config{}, fmt.Errorf("bootstrap node id %d needs --join: without it every node bootstraps a cluster of its own", c.BootstrapNodeID)

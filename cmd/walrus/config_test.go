@@ -391,9 +391,11 @@ func TestConfig_BootstrapExpect(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--bootstrap-expect", "3"}, "bootstrap expect 3 needs --join"},
+		{[]string{"--bootstrap-expect", "3"}, "bootstrap expect 3: the join list names 0 distinct addresses"},
+		{[]string{"--bootstrap-expect", "3", "--join", join + ",walrus-3.h:6000,walrus-4.h:6000"}, "names 5 distinct addresses; it must name every node"},
 		{[]string{"--bootstrap-expect", "3", "--bootstrap-node-id", "1", "--join", join}, "bootstrap-expect and bootstrap-node-id are both given"},
-		{[]string{"--bootstrap-expect", "-1", "--join", join}, "bootstrap expect -1 is negative"},
+		{[]string{"--bootstrap-expect", "-1", "--join", join}, "bootstrap expect -1: give 0 (off) or the number of nodes"},
+		{[]string{"--bootstrap-expect", "1", "--join", join}, "bootstrap expect 1: give 0 (off)"},
 	} {
 		var stderr bytes.Buffer
 		if code := runNodeWith(context.Background(), tc.args, nil, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.want) {
