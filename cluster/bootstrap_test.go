@@ -83,3 +83,41 @@ func TestNode_BootstrapExpectWaits(t *testing.T) {
 		t.Fatalf("node 2 bootstrapped alone: leader %v, voters %v", n.IsLeader(), n.Voters())
 	}
 }
+
+// A node added as a voter that stopped before it stored anything (growing
+// from one voter to two, the leader then cannot commit or be elected
+// without it) comes back with no Raft state: its dry run is answered so
+// that it takes Raft traffic again, the cluster gets a leader, and the
+// join completes. Otherwise the cluster has no leader for good.
+func TestNode_JoinerAddedBeforeItStored(t *testing.T) {
+	c := newTestCluster(t)
+	var all []string
+	for id := NodeID(1); id <= 3; id++ {
+		c.config(id)
+		all = append(all, c.addrs[id])
+	}
+	c.start(1)
+	// Node 2's join reaches the leader, which adds it; node 2 is gone
+	// before it takes any Raft traffic.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, _ = joinRPC(ctx, c.addrs[1], &joinRequest{Node: NodeInfo{ID: 2, UUID: c.uuids[2], RaftAddr: c.addrs[2], RouteURL: c.routes[2]}})
+	cancel()
+	waitFor(t, 10*time.Second, func() error {
+		if v := c.nodes[1].Voters(); !slices.Equal(v, []NodeID{1, 2}) {
+			return fmt.Errorf("voters %v, want 1 and 2", v)
+		}
+		if c.nodes[1].IsLeader() {
+			return errors.New("node 1 still leads")
+		}
+		return nil
+	})
+	c.tune = func(cfg *Config) { cfg.Join = all; cfg.BootstrapExpect = 3 }
+	c.startAll(2, 3)
+	leader := c.leader()
+	for id, n := range c.nodes {
+		if v := n.Voters(); !slices.Equal(v, []NodeID{1, 2, 3}) {
+			t.Fatalf("node %d: voters %v, want 1, 2, 3", id, v)
+		}
+	}
+	c.converged(leader)
+}

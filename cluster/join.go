@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -152,6 +153,9 @@ func (n *Node) handleJoin(ctx context.Context, req joinRequest) joinResponse {
 		if _, addr := n.Leader(); addr != "" {
 			return joinResponse{Status: joinRedirect, Leader: addr, Members: n.Members()}
 		}
+		if req.DryRun && n.addedBeforeItStored(req.Node) {
+			return joinResponse{Status: joinOK, Members: n.Members()}
+		}
 		return joinResponse{Status: joinError, Code: codeNoLeader, Message: "no leader yet"}
 	}
 	var err error
@@ -184,6 +188,21 @@ func (n *Node) handleJoin(ctx context.Context, req joinRequest) joinResponse {
 		n.log.Warn("join failed", logKeyPeer, uint64(req.Node.ID), logKeyErr, err)
 		return joinResponse{Status: joinError, Code: codeFailed, Message: err.Error()}
 	}
+}
+
+// addedBeforeItStored reports whether a joiner asking for a dry run is
+// already a voter here, recorded with its data directory's UUID: the leader
+// added it, and it stopped before it stored any Raft state (a node with
+// state restarts instead of joining). Growing from one voter to two, the
+// configuration then has no leader without its vote. Such a node lost
+// nothing it had promised, so it may take Raft traffic again: the answer
+// lets it, and the join proper follows once a leader is elected.
+func (n *Node) addedBeforeItStored(joiner NodeInfo) bool {
+	if !slices.Contains(n.Voters(), joiner.ID) {
+		return false
+	}
+	rec, ok := n.Metadata().Node(joiner.ID)
+	return ok && rec.UUID == joiner.UUID
 }
 
 // responseError turns an "error" response into an error; the codes that
