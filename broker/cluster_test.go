@@ -339,11 +339,6 @@ func TestPutDuringFailover(t *testing.T) {
 // that is failed over stays pending (unreadable) for good, and its extra
 // entries' offsets overlap the next segment's.
 func TestSegmentEntryLimit(t *testing.T) {
-	if os.Getenv("WALRUS_TEST_KNOWN_BUGS") == "" {
-		t.Skip("BUG: appendLocal checks the entry limit before the append without reserving it, so " +
-			"concurrent appends overfill a segment (e.g. 8-10 entries with MaxSegmentEntries 7; " +
-			"set WALRUS_TEST_KNOWN_BUGS=1 to run)")
-	}
 	const limit, writers, each = 5, 8, 15
 	c := newCluster(t, 1, func(cfg *broker.Config) { cfg.MaxSegmentEntries = limit })
 	s := c.srv(1)

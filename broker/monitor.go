@@ -113,6 +113,7 @@ func (s *Server) finalizePending(ctx context.Context) {
 				s.log.Error("cannot seal a failed-over segment", "topic", name, "segment", seg.ID, "err", err)
 				continue
 			}
+			s.slots.forget(name, seg.ID)
 			if err := s.finalizeIfPending(ctx, name, seg.ID, seg.Epoch, count); err != nil && ctx.Err() == nil {
 				s.log.Warn("report of a failed-over segment did not complete; retrying later",
 					"topic", name, "segment", seg.ID, "err", err)

@@ -159,12 +159,19 @@ func (s *Server) appendLocal(ctx context.Context, topic string, segID, epoch uin
 		s.triggerRollover(topic)
 		return bridge.AppendResponse{}, fmt.Errorf("%w: topic %s segment %d", ErrRollingOver, topic, segID)
 	}
-	if info.Count+uint64(len(recs)) > open.MaxEntries {
+	n := uint64(len(recs))
+	held, ok := s.slots.reserve(s.store, topic, segID, n, open.MaxEntries)
+	if !ok {
 		s.triggerRollover(topic)
-		return bridge.AppendResponse{}, fmt.Errorf("%w: topic %s segment %d holds %d of %d entries",
-			ErrRollingOver, topic, segID, info.Count, open.MaxEntries)
+		return bridge.AppendResponse{}, fmt.Errorf("%w: topic %s segment %d holds %d of %d entries (stored or being stored)",
+			ErrRollingOver, topic, segID, held, open.MaxEntries)
 	}
 	res, err := s.store.Append(ctx, topic, storage.SegmentID(segID), epoch, recs)
+	if ctx.Err() == nil {
+		// Otherwise the write may still land: the reservation stays until
+		// the segment is sealed (slots.forget).
+		s.slots.release(topic, segID, n)
+	}
 	if err != nil {
 		if errors.Is(err, storage.ErrSealed) || errors.Is(err, storage.ErrSegmentFull) {
 			s.triggerRollover(topic)
@@ -384,6 +391,7 @@ func (s *Server) rollover(ctx context.Context, topic string) error {
 	if err != nil {
 		return fmt.Errorf("seal topic %s segment %d: %w", topic, open.ID, err)
 	}
+	s.slots.forget(topic, open.ID)
 	res, err := s.propose(ctx, cluster.Command{
 		Type: cluster.CmdRollover, Topic: topic, Segment: open.ID, Epoch: open.Epoch,
 		Count: count, Bytes: s.segmentBytes(topic, open.ID), Time: time.Now().UnixNano(),
@@ -447,4 +455,63 @@ func fromBridgeRecords(recs []bridge.Record) []storage.Record {
 		}
 	}
 	return out
+}
+
+// entrySlots keeps a segment within its entry limit under concurrent
+// appends: each append reserves its entries before it writes and releases
+// them once the write returned. A check of the stored count alone would let
+// appends that are in flight together overfill the segment, and a failover
+// reserves exactly MaxEntries offsets for it: the extra entries' offsets
+// would overlap the next segment's, and its count would never finalize.
+type entrySlots struct {
+	mu       sync.Mutex
+	inflight map[segmentKey]uint64 // entries reserved by appends under way
+}
+
+type segmentKey struct {
+	topic string
+	id    uint64
+}
+
+// reserve reserves n entries of segment id if its stored entries, those
+// being stored and n fit in limit. It reports the entries held otherwise.
+// The stored count is read under the lock: an append adds its entries to it
+// before it releases its reservation, so the sum never falls short.
+func (e *entrySlots) reserve(store *storage.Log, topic string, id, n, limit uint64) (uint64, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var stored uint64
+	if info, err := store.Segment(topic, storage.SegmentID(id)); err == nil {
+		stored = info.Count
+	}
+	k := segmentKey{topic, id}
+	held := stored + e.inflight[k]
+	if held+n > limit {
+		return held, false
+	}
+	if e.inflight == nil {
+		e.inflight = make(map[segmentKey]uint64)
+	}
+	e.inflight[k] += n
+	return held, true
+}
+
+// release returns n entries reserved by an append that has returned.
+func (e *entrySlots) release(topic string, id, n uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k := segmentKey{topic, id}
+	if e.inflight[k] <= n { // forgotten meanwhile, or the last one
+		delete(e.inflight, k)
+		return
+	}
+	e.inflight[k] -= n
+}
+
+// forget drops the reservations of a segment sealed in storage: no append
+// can land in it any more.
+func (e *entrySlots) forget(topic string, id uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.inflight, segmentKey{topic, id})
 }

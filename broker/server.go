@@ -43,6 +43,8 @@ type Server struct {
 	lease    writeLease  // heartbeat answers renewing the write lease (leaseValid)
 	leaving  atomic.Bool // HandOff began: heartbeats say so, nothing new is placed here
 
+	// slots keeps concurrent appends within a segment's entry limit.
+	slots entrySlots
 	// segMu orders creating a segment in storage (ensureSegment) with
 	// deleting the files of trimmed ones (deleteTrimmed): a segment is
 	// created only while the metadata still has it open here, so a

@@ -216,9 +216,14 @@ func (p *joinResponse) responseError() error {
 		return fmt.Errorf("%w: %s", errNotMember, p.Message)
 	case codeInvalid:
 		return fmt.Errorf("%w: %s", ErrInvalidCommand, p.Message)
+	case codeFresh:
+		return fmt.Errorf("%w: %s", errFresh, p.Message)
 	}
 	return fmt.Errorf("refused: %s", p.Message)
 }
+
+// errFresh reports a join answered by a node that is in no cluster yet.
+var errFresh = errors.New("not in a cluster yet")
 
 // permanent reports errors that retrying cannot fix.
 func permanent(err error) bool {
@@ -309,7 +314,9 @@ func (n *Node) joinLoop(ctx context.Context, req *joinRequest, addrs func() []st
 			if permanent(err) {
 				return resp, at, err
 			}
-			lastErr = err
+			if lastErr == nil || !errors.Is(err, errFresh) {
+				lastErr = err // a new node's answer says less than a member's
+			}
 			n.log.Debug("join attempt failed", logKeyAddr, a, logKeyErr, err)
 		}
 		if lastErr == nil {
