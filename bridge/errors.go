@@ -54,6 +54,11 @@ var (
 	// ErrTimeout reports an attempt that got no reply in time. The request
 	// may or may not have been executed.
 	ErrTimeout = errors.New("bridge: request timed out")
+	// ErrAbandoned reports a call that stopped retrying because its
+	// RetryWhile said the target is no longer current, when none of its
+	// attempts can have been executed (each found no responder, or was
+	// refused): the caller may send the request elsewhere.
+	ErrAbandoned = errors.New("bridge: call abandoned before it was executed")
 	// ErrMalformed reports a message that does not decode.
 	ErrMalformed = errors.New("bridge: malformed message")
 )

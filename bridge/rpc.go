@@ -28,8 +28,8 @@ const responseOverhead = 64 << 10
 // that is the same on every retry; the receiver runs it at most once while
 // it remembers the id (Config.DedupWindow), and the call stops retrying
 // after half that window. On ErrTimeout the outcome is unknown.
-func (b *Bridge) Append(ctx context.Context, node uint64, req AppendRequest) (AppendResponse, error) {
-	resp, err := b.call(ctx, node, &request{op: opAppend, id: newRequestID(), append: req})
+func (b *Bridge) Append(ctx context.Context, node uint64, req AppendRequest, opts ...CallOption) (AppendResponse, error) {
+	resp, err := b.call(ctx, node, &request{op: opAppend, id: newRequestID(), append: req}, opts...)
 	if err != nil {
 		return AppendResponse{}, err
 	}
@@ -72,7 +72,28 @@ func newRequestID() []byte {
 
 // call sends req to node and retries retryable failures (ErrUnreachable,
 // ErrTimeout, CodeUnavailable) with backoff until ctx is done.
-func (b *Bridge) call(ctx context.Context, node uint64, req *request) (*response, error) {
+// CallOption adjusts one call.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	retryWhile func() bool
+}
+
+// RetryWhile makes a call check f before each retry and stop when it
+// returns false, if no attempt so far can have been executed: the call
+// then fails with ErrAbandoned. A call one of whose attempts may have been
+// executed (it timed out) keeps retrying with the same request id, which
+// is how it learns the outcome. Use it to stop forwarding to a node the
+// metadata no longer routes to (a segment failed over from it).
+func RetryWhile(f func() bool) CallOption {
+	return func(o *callOptions) { o.retryWhile = f }
+}
+
+func (b *Bridge) call(ctx context.Context, node uint64, req *request, opts ...CallOption) (*response, error) {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	data, err := encodeRequest(req)
 	if err != nil {
 		return nil, fmt.Errorf("bridge: call node %d: %v: %w", node, req.op, err)
@@ -91,6 +112,7 @@ func (b *Bridge) call(ctx context.Context, node uint64, req *request) (*response
 		giveUp = time.Now().Add(b.cfg.DedupWindow / 2)
 	}
 	backoff := backoffMin
+	executed := false // an attempt may have been executed (it timed out)
 	for attempt := 1; ; attempt++ {
 		resp, err := b.attempt(ctx, conn, subject, data, req.op)
 		if err == nil {
@@ -101,6 +123,12 @@ func (b *Bridge) call(ctx context.Context, node uint64, req *request) (*response
 		}
 		if !retryable(err) {
 			return nil, fmt.Errorf("bridge: call node %d: %v: %w", node, req.op, err)
+		}
+		// The other retryable failures are no responder and a refusal.
+		executed = executed || errors.Is(err, ErrTimeout)
+		if !executed && o.retryWhile != nil && !o.retryWhile() {
+			return nil, fmt.Errorf("bridge: call node %d: %v: %w after %d attempts, last: %w",
+				node, req.op, ErrAbandoned, attempt, err)
 		}
 		if !giveUp.IsZero() && time.Now().After(giveUp) {
 			return nil, fmt.Errorf("bridge: call node %d: %v: gave up after %d attempts: %w",

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -127,6 +128,34 @@ func TestCall_NodeDown(t *testing.T) {
 			return err
 		}, ErrUnreachable, context.DeadlineExceeded)
 		t.Logf("node %d: %v after %v", node, err, time.Since(start))
+	}
+}
+
+// RetryWhile stops a call whose attempts all found no responder as soon
+// as it says so (ErrAbandoned); a call one of whose attempts timed out, and
+// so may have been executed, keeps retrying to learn the outcome.
+func TestCall_RetryWhile(t *testing.T) {
+	checkGoroutines(t)
+	h := &echoHandler{node: 1}
+	h.onAppend = func(ctx context.Context, req AppendRequest) (AppendResponse, error) {
+		time.Sleep(400 * time.Millisecond) // longer than an attempt may wait
+		return AppendResponse{FirstOffset: 7}, nil
+	}
+	b := newBridge(t, 1, h, func(c *Config) { c.RequestTimeout = 200 * time.Millisecond })
+	var asked atomic.Int32
+	stop := RetryWhile(func() bool { asked.Add(1); return false })
+
+	// Nobody listens for node 99: abandoned after the first attempt.
+	start := time.Now()
+	_, err := b.Append(testCtx(t, 10*time.Second), 99, AppendRequest{Topic: "t"}, stop)
+	if !errors.Is(err, ErrAbandoned) || !errors.Is(err, ErrUnreachable) || asked.Load() != 1 {
+		t.Fatalf("append to nobody: %v after %v (asked %d); want ErrAbandoned after one attempt", err, time.Since(start), asked.Load())
+	}
+	// Node 1 takes the first attempt and does not answer in time: the call
+	// goes on, and a retry (the same request id) gets the answer.
+	resp, err := b.Append(testCtx(t, 10*time.Second), 1, AppendRequest{Topic: "t"}, stop)
+	if err != nil || resp.FirstOffset != 7 {
+		t.Fatalf("append after a timed-out attempt: %+v, %v; want the retry's answer", resp, err)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -312,10 +311,6 @@ func testFailover(t *testing.T, raftLeaderToo bool) {
 // land on the segment the failover opens (doc.go: Put "retries stale routes
 // (rollover, failover, leader change) within RequestTimeout").
 func TestPutDuringFailover(t *testing.T) {
-	if os.Getenv("WALRUS_TEST_KNOWN_BUGS") == "" {
-		t.Skip("BUG: Put forwards to the dead segment leader until RequestTimeout: bridge.Append retries " +
-			"ErrUnreachable until ctx ends, so Put never sees the failover (set WALRUS_TEST_KNOWN_BUGS=1 to run)")
-	}
 	c := newCluster(t, 3, nil)
 	ctx := testCtx(t, 60*time.Second)
 	leader := c.raftLeader()

@@ -45,7 +45,7 @@ func retryable(err error) bool {
 		errors.Is(err, bridge.ErrNotLeader) || errors.Is(err, bridge.ErrSealed) ||
 		errors.Is(err, bridge.ErrEpochMismatch) || errors.Is(err, bridge.ErrUnavailable) ||
 		errors.Is(err, cluster.ErrNotLeader) || errors.Is(err, cluster.ErrNoLeader) ||
-		errors.Is(err, cluster.ErrOutcomeUnknown) ||
+		errors.Is(err, cluster.ErrOutcomeUnknown) || errors.Is(err, bridge.ErrAbandoned) ||
 		errors.Is(err, storage.ErrSealed) || errors.Is(err, storage.ErrEpochMismatch) ||
 		errors.Is(err, storage.ErrSegmentFull) || errors.Is(err, ErrNoLease) || errors.Is(err, ErrUnavailable)
 }

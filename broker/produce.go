@@ -78,9 +78,16 @@ func (s *Server) put(ctx context.Context, topic string, recs []storage.Record) (
 		if open.Leader == s.self() {
 			res, err = s.appendLocal(ctx, topic, open.ID, open.Epoch, recs)
 		} else {
+			// Stop forwarding to a leader that does not answer once the
+			// segment is no longer open there (a failover): the loop then
+			// follows the metadata to the next segment.
+			stillOpen := func() bool {
+				t, ok := s.raft.Metadata().Topic(topic)
+				return ok && t.Open() == open
+			}
 			res, err = s.bridge.Append(ctx, uint64(open.Leader), bridge.AppendRequest{
 				Topic: topic, Segment: open.ID, Epoch: open.Epoch, Records: toBridgeRecords(recs),
-			})
+			}, bridge.RetryWhile(stillOpen))
 		}
 		if err == nil || !retryable(err) {
 			return open.ID, res, err
