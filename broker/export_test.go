@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"context"
+
+	"github.com/walrus-edge/walrus/bridge"
 	"github.com/walrus-edge/walrus/cluster"
 	"github.com/walrus-edge/walrus/storage"
 )
@@ -32,3 +35,14 @@ func HasSegment(s *Server, topic string, id uint64) bool {
 // MarkLeaving sets s's leaving flag as HandOff does first, and nothing
 // else: no heartbeat, no rollover, no leadership transfer.
 func MarkLeaving(s *Server) { s.leaving.Store(true) }
+
+// ReportHeartbeat delivers hb to s as if a node had sent it, and reports
+// whether s then counts that node as leaving.
+func ReportHeartbeat(s *Server, hb bridge.Heartbeat) (leaving bool, err error) {
+	if _, err := (remote{s}).Heartbeat(context.Background(), hb); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.peers[cluster.NodeID(hb.NodeID)].leaving, nil
+}

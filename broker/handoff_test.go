@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walrus-edge/walrus/bridge"
 	"github.com/walrus-edge/walrus/broker"
 )
 
@@ -116,6 +117,29 @@ func TestHandOffLeavingRaftLeaderPlacesNothingOnItself(t *testing.T) {
 	for seg, l := range st.SegmentLeaders {
 		if l == leader.id {
 			t.Fatalf("segment %s was placed on node %d, the leaving Raft leader: %+v", seg, leader.id, st)
+		}
+	}
+}
+
+// A heartbeat that arrives after a newer one from the same node (HandOff
+// sends its own next to the periodic one) does not clear its leaving flag.
+func TestHeartbeatsOutOfOrderKeepLeaving(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	s := c.srv(1)
+	now := time.Now().UnixNano()
+	for _, step := range []struct {
+		sent    int64
+		leaving bool
+		want    bool
+	}{
+		{now, true, true},          // HandOff's report
+		{now - 1000, false, true},  // an older periodic one, late
+		{now + 1000, false, false}, // a newer one (the node came back)
+	} {
+		got, err := broker.ReportHeartbeat(s, bridge.Heartbeat{NodeID: 9, SentUnixNano: step.sent, Leaving: step.leaving})
+		if err != nil || got != step.want {
+			t.Fatalf("report sent at %+d ns, leaving %v: node counted leaving %v (%v), want %v",
+				step.sent-now, step.leaving, got, err, step.want)
 		}
 	}
 }

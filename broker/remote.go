@@ -66,7 +66,8 @@ func (r remote) Propose(ctx context.Context, req bridge.ProposeRequest) (bridge.
 type peerReport struct {
 	applied uint64
 	seen    time.Time
-	leaving bool // the node is stopping (HandOff): place nothing new on it
+	leaving bool  // the node is stopping (HandOff): place nothing new on it
+	sent    int64 // when the node sent the report, by its clock
 }
 
 // Heartbeat records a node's report on the Raft leader (used for the
@@ -78,7 +79,14 @@ func (r remote) Heartbeat(ctx context.Context, hb bridge.Heartbeat) (bridge.Hear
 		return bridge.HeartbeatAck{}, errStarting
 	}
 	s.mu.Lock()
-	s.mu.peers[cluster.NodeID(hb.NodeID)] = peerReport{applied: hb.AppliedIndex, seen: time.Now(), leaving: hb.Leaving}
+	p := s.mu.peers[cluster.NodeID(hb.NodeID)]
+	p.applied, p.seen = hb.AppliedIndex, time.Now()
+	// Reports may arrive out of order (HandOff sends its own next to the
+	// periodic one): an older one must not clear the leaving flag.
+	if hb.SentUnixNano >= p.sent {
+		p.leaving, p.sent = hb.Leaving, hb.SentUnixNano
+	}
+	s.mu.peers[cluster.NodeID(hb.NodeID)] = p
 	s.mu.Unlock()
 	leader, _ := s.raft.Leader()
 	// LastIndex is read before the term: a failover proposed by now is
